@@ -1,1 +1,162 @@
-//! placeholder
+//! Portcullis: exact per-tenant rate limiting (and, later, authentication) over gRPC.
+//!
+//! The binary is a thin wrapper over [`run`], which serves on a given listener until a given
+//! shutdown future resolves, so tests run the real server in-process on `127.0.0.1:0`.
+
+pub mod config;
+pub mod grpc;
+pub mod ratelimit;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use portcullis_proto::{envoy, pb};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+
+use crate::config::{Config, StoreConfig};
+use crate::grpc::admin::{AdminApi, AdminAuth};
+use crate::grpc::envoy::EnvoyApi;
+use crate::grpc::ratelimit::RateLimitApi;
+use crate::ratelimit::Limiter;
+use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
+
+/// How often the memory store drops idle keys.
+const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The store could not be set up.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Serving failed.
+    #[error("gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// Reflection could not load the descriptors (a build problem).
+    #[error("reflection setup failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Opens the store the config names.
+pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
+    Ok(match &config.store {
+        StoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::new());
+            store.spawn_sweeper(MEMORY_SWEEP_EVERY);
+            AnyStore::Memory(store)
+        }
+        StoreConfig::Redis(target) => {
+            AnyStore::Redis(RedisStore::connect(target, config.redis_io_timeout).await?)
+        }
+    })
+}
+
+/// Serves every gRPC service on `listener` until `shutdown` resolves, then stops taking new
+/// calls, reports NOT_SERVING, and lets calls in flight finish for up to the grace period.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let store = open_store(&config).await?;
+    tracing::info!(store = ?config.store, default_limit = %config.default_limit, "store ready");
+    let limiter = Arc::new(Limiter::new(
+        store,
+        config.default_limit,
+        config.overrides.clone(),
+        config.envoy.clone(),
+        config.limiter.clone(),
+    ));
+    if let Err(e) = limiter.refresh_policies().await {
+        tracing::warn!(error = %e, "runtime limit overrides not loaded yet; will retry");
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    let refresher = tokio::spawn(
+        limiter
+            .clone()
+            .refresh_policies_every(config.policy_refresh, {
+                let mut stop_rx = stop_rx.clone();
+                async move {
+                    let _ = stop_rx.changed().await;
+                }
+            }),
+    );
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::rate_limit_service_server::RateLimitServiceServer<RateLimitApi>>()
+        .await;
+    health
+        .set_serving::<envoy::rls::rate_limit_service_server::RateLimitServiceServer<EnvoyApi>>()
+        .await;
+    health
+        .set_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>()
+        .await;
+    let reflection_sets = [
+        portcullis_proto::FILE_DESCRIPTOR_SET,
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+    ];
+    let mut reflection_v1 = tonic_reflection::server::Builder::configure();
+    let mut reflection_v1alpha = tonic_reflection::server::Builder::configure();
+    for set in reflection_sets {
+        reflection_v1 = reflection_v1.register_encoded_file_descriptor_set(set);
+        reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
+    }
+
+    let auth = AdminAuth::new(config.admin_token.as_ref());
+    let admin = InterceptedService::new(
+        pb::admin_service_server::AdminServiceServer::new(AdminApi {
+            limiter: limiter.clone(),
+        }),
+        move |r| auth.check(r),
+    );
+    let router = Server::builder()
+        .tcp_nodelay(true)
+        .http2_adaptive_window(Some(true))
+        .add_service(health_service)
+        .add_service(reflection_v1.build_v1()?)
+        .add_service(reflection_v1alpha.build_v1alpha()?)
+        .add_service(pb::rate_limit_service_server::RateLimitServiceServer::new(
+            RateLimitApi {
+                limiter: limiter.clone(),
+            },
+        ))
+        .add_service(
+            envoy::rls::rate_limit_service_server::RateLimitServiceServer::new(EnvoyApi {
+                limiter: limiter.clone(),
+            }),
+        )
+        .add_service(admin);
+
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, "serving gRPC");
+    let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+        let _ = drain_rx.await;
+    });
+    tokio::pin!(server);
+    let result = tokio::select! {
+        r = &mut server => r.map_err(RunError::from),
+        () = shutdown => {
+            tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
+            health.set_not_serving::<pb::rate_limit_service_server::RateLimitServiceServer<RateLimitApi>>().await;
+            health.set_not_serving::<envoy::rls::rate_limit_service_server::RateLimitServiceServer<EnvoyApi>>().await;
+            health.set_not_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>().await;
+            let _ = drain_tx.send(());
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(r) => r.map_err(RunError::from),
+                Err(_) => {
+                    tracing::warn!("grace period over with calls still in flight; stopping anyway");
+                    Ok(())
+                }
+            }
+        }
+    };
+    let _ = stop_tx.send(());
+    let _ = refresher.await;
+    result
+}

@@ -1,0 +1,695 @@
+//! Configuration: defaults, then the TOML file, then `PORTCULLIS_*` environment variables,
+//! then flags; validated into one [`Config`]. The environment is read through [`EnvSource`] so
+//! tests pass a map instead of mutating the process environment.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::ratelimit::envoy_config::EnvoyConfig;
+use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
+use crate::ratelimit::{FailMode, LimiterSettings, keys};
+use crate::store::redis::RedisTarget;
+
+/// Where environment variables come from.
+pub trait EnvSource {
+    /// The variable's value, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// The admin bearer token: zeroized on drop, never shown by `Debug`.
+#[derive(Clone)]
+pub struct AdminToken(Zeroizing<String>);
+
+impl AdminToken {
+    /// The token itself, for the constant-time check only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(<redacted>)")
+    }
+}
+
+/// Which store holds the counters.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// In-process (one replica only).
+    Memory,
+    /// Redis or Redis Cluster.
+    Redis(RedisTarget),
+}
+
+/// Everything the server needs, validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Counter store.
+    pub store: StoreConfig,
+    /// Redis connect and response timeout (the limiter's own timeout is shorter).
+    pub redis_io_timeout: Duration,
+    /// The default limit for every tenant.
+    pub default_limit: Limit,
+    /// Per-tenant and per-(tenant, resource) limits from the config file.
+    pub overrides: Vec<PolicyOverride>,
+    /// Envoy descriptor configuration.
+    pub envoy: EnvoyConfig,
+    /// Limiter timeouts, fail modes and cache size.
+    pub limiter: LimiterSettings,
+    /// How often each replica polls runtime overrides.
+    pub policy_refresh: Duration,
+    /// How long in-flight calls may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    /// The admin token; `None` disables the admin API.
+    pub admin_token: Option<AdminToken>,
+}
+
+/// A configuration problem, naming the setting and where it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Help or version was asked for; print it and exit 0.
+    #[error("{0}")]
+    Help(String),
+    /// Bad flags.
+    #[error("{0}")]
+    Usage(String),
+    /// A setting is invalid.
+    #[error("{setting}: {reason}")]
+    Invalid {
+        /// The flag, variable or file key.
+        setting: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(setting: impl Into<String>, reason: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Exact per-tenant rate limiting (GCRA) and authentication over gRPC.
+///
+/// Every flag can also be set by the environment variable named in its help, and in the TOML
+/// file given by --config; flags win over variables, variables over the file.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version)]
+struct Flags {
+    /// gRPC listen address [env: PORTCULLIS_LISTEN] [default: 127.0.0.1:50051]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<String>,
+    /// TOML config file [env: PORTCULLIS_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Single Redis node, redis:// or rediss:// [env: PORTCULLIS_REDIS_URL]; without it or
+    /// --redis-cluster, the embedded memory store is used
+    #[arg(long, value_name = "URL")]
+    redis_url: Option<String>,
+    /// Seed nodes of a Redis Cluster [env: PORTCULLIS_REDIS_CLUSTER]
+    #[arg(long, value_name = "URL,URL,...")]
+    redis_cluster: Option<String>,
+    /// envoyproxy/ratelimit YAML file or folder [env: PORTCULLIS_ENVOY_CONFIG]
+    #[arg(long, value_name = "PATH")]
+    envoy_config: Option<PathBuf>,
+    /// Default limit for every tenant, e.g. 60/1m [env: PORTCULLIS_DEFAULT_LIMIT] [default: 60/1m]
+    #[arg(long, value_name = "RATE/PERIOD")]
+    default_limit: Option<String>,
+    /// What Check answers when the store does not answer in time [env: PORTCULLIS_FAIL_MODE]
+    /// [default: closed]
+    #[arg(long, value_name = "open|closed")]
+    fail_mode: Option<String>,
+    /// Longest wait for the store before the fail mode decides, e.g. 100ms
+    /// [env: PORTCULLIS_STORE_TIMEOUT] [default: 100ms]
+    #[arg(long, value_name = "DURATION")]
+    store_timeout: Option<String>,
+}
+
+/// The TOML file. Unknown keys are an error so typos do not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    #[serde(default)]
+    store: StoreSection,
+    #[serde(default)]
+    limits: LimitsSection,
+    #[serde(default)]
+    envoy: EnvoySection,
+    policy_refresh: Option<String>,
+    shutdown_grace: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoreSection {
+    redis_url: Option<String>,
+    redis_cluster: Option<Vec<String>>,
+    timeout: Option<String>,
+    io_timeout: Option<String>,
+    fail_mode: Option<FailMode>,
+    deny_cache_entries: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    default: Option<LimitSpec>,
+    #[serde(default, rename = "override")]
+    overrides: Vec<OverrideSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitSpec {
+    rate: u64,
+    period: String,
+    #[serde(default)]
+    burst: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideSpec {
+    tenant: String,
+    resource: Option<String>,
+    rate: u64,
+    period: String,
+    #[serde(default)]
+    burst: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvoySection {
+    config: Option<PathBuf>,
+    fail_mode: Option<FailMode>,
+    response_headers: Option<bool>,
+}
+
+/// One setting from flag, env or file (in that order of precedence), with where it came from.
+fn pick(
+    flag: Option<String>,
+    env: &dyn EnvSource,
+    var: &str,
+    file: Option<String>,
+    key: &str,
+) -> Option<(String, String)> {
+    flag.map(|v| {
+        (
+            v,
+            format!(
+                "--{}",
+                var.trim_start_matches("PORTCULLIS_")
+                    .to_lowercase()
+                    .replace('_', "-")
+            ),
+        )
+    })
+    .or_else(|| {
+        env.var(var)
+            .filter(|v| !v.is_empty())
+            .map(|v| (v, var.to_owned()))
+    })
+    .or_else(|| file.map(|v| (v, format!("config file: {key}"))))
+}
+
+fn duration_setting(
+    value: Option<(String, String)>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some((text, origin)) => parse_period(&text).map_err(|e| invalid(origin, e.reason)),
+    }
+}
+
+fn fail_mode_setting(value: Option<(String, String)>) -> Result<Option<FailMode>, ConfigError> {
+    value
+        .map(|(text, origin)| match text.as_str() {
+            "open" => Ok(FailMode::Open),
+            "closed" => Ok(FailMode::Closed),
+            other => Err(invalid(
+                origin,
+                format!("expected open or closed, got {other:?}"),
+            )),
+        })
+        .transpose()
+}
+
+impl Config {
+    /// Loads from the command line (including the program name) and the environment.
+    pub fn load(
+        args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
+        env: &dyn EnvSource,
+    ) -> Result<Self, ConfigError> {
+        let flags = Flags::try_parse_from(args).map_err(|e| match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                ConfigError::Help(e.to_string())
+            }
+            _ => ConfigError::Usage(e.to_string()),
+        })?;
+        let config_path = flags.config.clone().or_else(|| {
+            env.var("PORTCULLIS_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        });
+        let file = match &config_path {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        Self::resolve(flags, file, env)
+    }
+
+    fn resolve(flags: Flags, file: FileConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
+        let listen = match pick(
+            flags.listen,
+            env,
+            "PORTCULLIS_LISTEN",
+            file.listen,
+            "listen",
+        ) {
+            None => SocketAddr::from(([127, 0, 0, 1], 50051)),
+            Some((text, origin)) => text.parse().map_err(|e| {
+                invalid(
+                    origin,
+                    format!("{text:?} is not an address such as 127.0.0.1:50051: {e}"),
+                )
+            })?,
+        };
+
+        let redis_url = pick(
+            flags.redis_url,
+            env,
+            "PORTCULLIS_REDIS_URL",
+            file.store.redis_url,
+            "store.redis_url",
+        );
+        let cluster_from_file = file.store.redis_cluster.map(|v| v.join(","));
+        let redis_cluster = pick(
+            flags.redis_cluster,
+            env,
+            "PORTCULLIS_REDIS_CLUSTER",
+            cluster_from_file,
+            "store.redis_cluster",
+        );
+        let store = match (redis_url, redis_cluster) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "--redis-url / --redis-cluster",
+                    "set one of them, not both",
+                ));
+            }
+            (Some((url, origin)), None) => {
+                StoreConfig::Redis(RedisTarget::Single(check_redis_url(&url, &origin)?))
+            }
+            (None, Some((urls, origin))) => {
+                let seeds = urls
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .map(|u| check_redis_url(u, &origin))
+                    .collect::<Result<Vec<_>, _>>()?;
+                if seeds.is_empty() {
+                    return Err(invalid(origin, "needs at least one seed URL"));
+                }
+                StoreConfig::Redis(RedisTarget::Cluster(seeds))
+            }
+            (None, None) => StoreConfig::Memory,
+        };
+
+        let file_default = file.limits.default.map(|d| (d.rate, d.period, d.burst));
+        let default_limit = match (
+            flags
+                .default_limit
+                .map(|v| (v, "--default-limit".to_owned()))
+                .or_else(|| {
+                    env.var("PORTCULLIS_DEFAULT_LIMIT")
+                        .filter(|v| !v.is_empty())
+                        .map(|v| (v, "PORTCULLIS_DEFAULT_LIMIT".to_owned()))
+                }),
+            file_default,
+        ) {
+            (Some((spec, origin)), _) => {
+                Limit::parse_spec(&spec).map_err(|e| invalid(origin, e))?
+            }
+            (None, Some((rate, period, burst))) => {
+                file_limit("limits.default", rate, &period, burst)?
+            }
+            (None, None) => Limit::new(60, Duration::from_secs(60), 60)
+                .map_err(|e| invalid("default limit", e))?,
+        };
+
+        let mut overrides = Vec::with_capacity(file.limits.overrides.len());
+        for (i, o) in file.limits.overrides.into_iter().enumerate() {
+            let at = format!("limits.override[{i}]");
+            keys::validate_id("tenant", &o.tenant, true).map_err(|e| invalid(&at, e))?;
+            if let Some(r) = &o.resource {
+                keys::validate_id("resource", r, true).map_err(|e| invalid(&at, e))?;
+            }
+            let target = (o.tenant.clone(), o.resource.clone());
+            if overrides
+                .iter()
+                .any(|p: &PolicyOverride| (p.tenant.clone(), p.resource.clone()) == target)
+            {
+                return Err(invalid(at, "the same tenant and resource appear twice"));
+            }
+            overrides.push(PolicyOverride {
+                limit: file_limit(&at, o.rate, &o.period, o.burst)?,
+                tenant: o.tenant,
+                resource: o.resource,
+            });
+        }
+
+        let envoy_path = flags
+            .envoy_config
+            .or_else(|| {
+                env.var("PORTCULLIS_ENVOY_CONFIG")
+                    .filter(|v| !v.is_empty())
+                    .map(PathBuf::from)
+            })
+            .or(file.envoy.config);
+        let envoy = match envoy_path {
+            Some(path) => EnvoyConfig::load(&path).map_err(|e| invalid("envoy config", e))?,
+            None => EnvoyConfig::default(),
+        };
+
+        let defaults = LimiterSettings::default();
+        let check_fail_mode = fail_mode_setting(pick(
+            flags.fail_mode,
+            env,
+            "PORTCULLIS_FAIL_MODE",
+            None,
+            "store.fail_mode",
+        ))?
+        .or(file.store.fail_mode)
+        .unwrap_or(defaults.check_fail_mode);
+        let store_timeout = duration_setting(
+            pick(
+                flags.store_timeout,
+                env,
+                "PORTCULLIS_STORE_TIMEOUT",
+                file.store.timeout,
+                "store.timeout",
+            ),
+            defaults.store_timeout,
+        )?;
+        let limiter = LimiterSettings {
+            store_timeout,
+            check_fail_mode,
+            envoy_fail_mode: file.envoy.fail_mode.unwrap_or(defaults.envoy_fail_mode),
+            envoy_response_headers: file
+                .envoy
+                .response_headers
+                .unwrap_or(defaults.envoy_response_headers),
+            deny_cache_entries: file
+                .store
+                .deny_cache_entries
+                .unwrap_or(defaults.deny_cache_entries),
+        };
+        let redis_io_timeout = duration_setting(
+            file.store
+                .io_timeout
+                .map(|v| (v, "store.io_timeout".into())),
+            Duration::from_secs(1),
+        )?;
+        let policy_refresh = duration_setting(
+            file.policy_refresh.map(|v| (v, "policy_refresh".into())),
+            Duration::from_millis(500),
+        )?;
+        if policy_refresh > Duration::from_secs(1) {
+            return Err(invalid(
+                "policy_refresh",
+                "must be at most 1s so replicas apply admin changes within a second",
+            ));
+        }
+        let shutdown_grace = duration_setting(
+            file.shutdown_grace.map(|v| (v, "shutdown_grace".into())),
+            Duration::from_secs(20),
+        )?;
+
+        Ok(Self {
+            listen,
+            store,
+            redis_io_timeout,
+            default_limit,
+            overrides,
+            envoy,
+            limiter,
+            policy_refresh,
+            shutdown_grace,
+            admin_token: admin_token(env)?,
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let origin = format!("config file {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(&origin, e))?;
+    toml::from_str(&text).map_err(|e| invalid(origin, e.message()))
+}
+
+fn file_limit(at: &str, rate: u64, period: &str, burst: u64) -> Result<Limit, ConfigError> {
+    let period = parse_period(period).map_err(|e| invalid(format!("{at}.period"), e.reason))?;
+    Limit::new(rate, period, burst).map_err(|e| invalid(format!("{at}.{}", e.field), e.reason))
+}
+
+fn check_redis_url(url: &str, origin: &str) -> Result<String, ConfigError> {
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        Ok(url.to_owned())
+    } else {
+        // Never echo the URL: it may hold a password.
+        Err(invalid(origin, "must start with redis:// or rediss://"))
+    }
+}
+
+/// The admin token from `PORTCULLIS_ADMIN_TOKEN` or the file named by
+/// `PORTCULLIS_ADMIN_TOKEN_FILE` (a Kubernetes secret mount); one of them, not both.
+fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
+    let direct = env
+        .var("PORTCULLIS_ADMIN_TOKEN")
+        .filter(|v| !v.is_empty())
+        .map(Zeroizing::new);
+    let file = env
+        .var("PORTCULLIS_ADMIN_TOKEN_FILE")
+        .filter(|v| !v.is_empty());
+    let token = match (direct, file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "PORTCULLIS_ADMIN_TOKEN / PORTCULLIS_ADMIN_TOKEN_FILE",
+                "set one of them, not both",
+            ));
+        }
+        (Some(token), None) => token,
+        (None, Some(path)) => {
+            let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
+                invalid(
+                    "PORTCULLIS_ADMIN_TOKEN_FILE",
+                    format!("cannot read {path}: {e}"),
+                )
+            })?);
+            Zeroizing::new(text.trim().to_owned())
+        }
+        (None, None) => return Ok(None),
+    };
+    if token.trim().len() < 16 {
+        return Err(invalid(
+            "admin token",
+            "must be at least 16 characters (generate one with: openssl rand -hex 32)",
+        ));
+    }
+    Ok(Some(AdminToken(token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
+        vars.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let argv = std::iter::once("portcullis").chain(args.iter().copied());
+        Config::load(argv, &env(vars))
+    }
+
+    #[test]
+    fn defaults_serve_memory_on_loopback_with_60_per_minute() {
+        let c = load(&[], &[]).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:50051".parse().unwrap());
+        assert!(matches!(c.store, StoreConfig::Memory));
+        assert_eq!(
+            (
+                c.default_limit.rate(),
+                c.default_limit.period(),
+                c.default_limit.burst()
+            ),
+            (60, Duration::from_secs(60), 60)
+        );
+        assert_eq!(c.limiter.check_fail_mode, FailMode::Closed);
+        assert_eq!(c.limiter.envoy_fail_mode, FailMode::Unavailable);
+        assert_eq!(c.limiter.store_timeout, Duration::from_millis(100));
+        assert!(c.admin_token.is_none());
+    }
+
+    #[test]
+    fn flags_beat_env_and_env_beats_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "listen = \"127.0.0.1:1\"\n[limits]\ndefault = { rate = 5, period = \"1s\" }\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = load(&["--config", p], &[("PORTCULLIS_LISTEN", "127.0.0.1:2")]).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.default_limit.rate(), 5);
+        let c = load(
+            &["--listen", "127.0.0.1:3", "--default-limit", "7/1h"],
+            &[
+                ("PORTCULLIS_CONFIG", p),
+                ("PORTCULLIS_LISTEN", "127.0.0.1:2"),
+                ("PORTCULLIS_DEFAULT_LIMIT", "9/1m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(
+            (c.default_limit.rate(), c.default_limit.period()),
+            (7, Duration::from_secs(3600))
+        );
+        let c = load(
+            &[],
+            &[
+                ("PORTCULLIS_DEFAULT_LIMIT", "9/1m"),
+                ("PORTCULLIS_FAIL_MODE", "open"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.default_limit.rate(), 9);
+        assert_eq!(c.limiter.check_fail_mode, FailMode::Open);
+    }
+
+    #[test]
+    fn file_overrides_and_unknown_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[[limits.override]]\ntenant = \"acme\"\nrate = 10\nperiod = \"1s\"\nburst = 20\n[[limits.override]]\ntenant = \"acme\"\nresource = \"search\"\nrate = 1\nperiod = \"1m\"\n",
+        )
+        .unwrap();
+        let c = load(&["--config", path.to_str().unwrap()], &[]).unwrap();
+        assert_eq!(c.overrides.len(), 2);
+        assert_eq!(c.overrides[0].limit.burst(), 20);
+        assert_eq!(c.overrides[1].resource.as_deref(), Some("search"));
+
+        std::fs::write(&path, "[store]\nredis_ulr = \"redis://x\"\n").unwrap();
+        let e = load(&["--config", path.to_str().unwrap()], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis_ulr"), "{e}");
+    }
+
+    #[test]
+    fn invalid_settings_name_their_origin_without_echoing_secrets() {
+        let e = load(&["--default-limit", "0/1m"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--default-limit"), "{e}");
+        let e = load(&[], &[("PORTCULLIS_FAIL_MODE", "sideways")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PORTCULLIS_FAIL_MODE"), "{e}");
+        let e = load(&["--redis-url", "http://:hunter2hunter2@h"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(
+            load(
+                &["--redis-url", "redis://a", "--redis-cluster", "redis://b"],
+                &[]
+            )
+            .is_err()
+        );
+        assert!(matches!(load(&["--help"], &[]), Err(ConfigError::Help(_))));
+        assert!(matches!(
+            load(&["--bogus"], &[]),
+            Err(ConfigError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn redis_cluster_seeds_split_on_commas() {
+        let c = load(
+            &[],
+            &[("PORTCULLIS_REDIS_CLUSTER", "redis://a:1, redis://b:2")],
+        )
+        .unwrap();
+        let StoreConfig::Redis(RedisTarget::Cluster(seeds)) = c.store else {
+            panic!("not a cluster")
+        };
+        assert_eq!(seeds, ["redis://a:1", "redis://b:2"]);
+    }
+
+    #[test]
+    fn admin_token_from_env_or_file_is_redacted() {
+        let secret = "0123456789abcdef0123";
+        let c = load(&[], &[("PORTCULLIS_ADMIN_TOKEN", secret)]).unwrap();
+        assert_eq!(c.admin_token.as_ref().unwrap().expose(), secret);
+        assert!(!format!("{c:?}").contains(secret));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        let c = load(
+            &[],
+            &[("PORTCULLIS_ADMIN_TOKEN_FILE", path.to_str().unwrap())],
+        )
+        .unwrap();
+        assert_eq!(c.admin_token.unwrap().expose(), secret);
+
+        assert!(load(&[], &[("PORTCULLIS_ADMIN_TOKEN", "short")]).is_err());
+        assert!(
+            load(
+                &[],
+                &[
+                    ("PORTCULLIS_ADMIN_TOKEN", secret),
+                    ("PORTCULLIS_ADMIN_TOKEN_FILE", "/x")
+                ]
+            )
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `portcullis.v1.RateLimitService`.
+
+use std::sync::Arc;
+
+use portcullis_proto::pb;
+use tonic::{Request, Response, Status};
+
+use super::to_proto_duration;
+use crate::ratelimit::policy::{AppliedPolicy, PolicySource};
+use crate::ratelimit::{CheckDecision, CheckInput, DenyReason, Limiter};
+use crate::store::AnyStore;
+
+/// Serves `Check` from the shared limiter.
+#[derive(Debug, Clone)]
+pub struct RateLimitApi {
+    /// The limiter shared with the other services.
+    pub limiter: Arc<Limiter<AnyStore>>,
+}
+
+#[tonic::async_trait]
+impl pb::rate_limit_service_server::RateLimitService for RateLimitApi {
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %request.get_ref().tenant_id, resource = %request.get_ref().resource))]
+    async fn check(
+        &self,
+        request: Request<pb::CheckRequest>,
+    ) -> Result<Response<pb::CheckResponse>, Status> {
+        let r = request.get_ref();
+        let decision = self
+            .limiter
+            .check(CheckInput {
+                tenant: &r.tenant_id,
+                resource: &r.resource,
+                key: &r.key,
+                cost: r.cost,
+            })
+            .await?;
+        Ok(Response::new(check_response(&decision)))
+    }
+}
+
+fn check_response(d: &CheckDecision) -> pb::CheckResponse {
+    pb::CheckResponse {
+        allowed: d.allowed,
+        limit: d.policy.limit.rate(),
+        remaining: d.remaining,
+        reset_after: Some(to_proto_duration(d.reset_after)),
+        retry_after: d.retry_after.map(to_proto_duration),
+        policy: Some(limit_policy(&d.policy)),
+        deny_reason: match d.deny_reason {
+            None => pb::DenyReason::Unspecified,
+            Some(DenyReason::OverLimit) => pb::DenyReason::OverLimit,
+            Some(DenyReason::CostExceedsBurst) => pb::DenyReason::CostExceedsBurst,
+            Some(DenyReason::StoreUnavailable) => pb::DenyReason::StoreUnavailable,
+        } as i32,
+        headers: d
+            .headers()
+            .into_iter()
+            .map(|(name, value)| pb::Header {
+                name: name.to_owned(),
+                value,
+            })
+            .collect(),
+        degraded: d.degraded,
+    }
+}
+
+/// The wire form of an applied policy.
+pub(crate) fn limit_policy(p: &AppliedPolicy) -> pb::LimitPolicy {
+    pb::LimitPolicy {
+        rate: p.limit.rate(),
+        period: Some(to_proto_duration(p.limit.period())),
+        burst: p.limit.burst(),
+        source: match p.source {
+            PolicySource::Default => pb::PolicySource::Default,
+            PolicySource::Config => pb::PolicySource::Config,
+            PolicySource::Runtime => pb::PolicySource::Runtime,
+        } as i32,
+    }
+}

@@ -1,0 +1,66 @@
+//! Time for the in-process store: a clock trait so tests can move time by hand.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+/// Microseconds since the Unix epoch.
+pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
+    /// Now, in µs since the Unix epoch; never goes backwards.
+    fn now_us(&self) -> u64;
+}
+
+/// Wall time read once at start, advanced by the monotonic clock, so that a wall-clock step
+/// (NTP, a VM resume) cannot make counters jump back or forward.
+#[derive(Debug)]
+pub struct SystemClock {
+    start: Instant,
+    start_unix_us: u64,
+}
+
+impl SystemClock {
+    /// Anchors the clock at the current wall time.
+    pub fn new() -> Self {
+        let start_unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or_default();
+        Self {
+            start: Instant::now(),
+            start_unix_us,
+        }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_us(&self) -> u64 {
+        self.start_unix_us + self.start.elapsed().as_micros() as u64
+    }
+}
+
+/// A clock that moves only when told to: for tests.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now_us`.
+    pub fn new(now_us: u64) -> Self {
+        Self(AtomicU64::new(now_us))
+    }
+
+    /// Moves time forward.
+    pub fn advance_us(&self, us: u64) {
+        self.0.fetch_add(us, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_us(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,152 @@
+//! Input validation of identifiers and the naming of counter keys.
+//!
+//! Keys are `rl:{<tenant>}:<resource>[:<key>]` for `Check` and
+//! `rle:{<domain>/<first entry>}[:<entry>…]` for Envoy descriptors. The braces are a Redis
+//! Cluster hash tag: one tenant's (or one Envoy descriptor root's) keys share a slot, so
+//! multi-key scripts stay legal, while different tenants spread over the cluster. Every
+//! caller-supplied part is escaped, so no input can end the tag early, forge a separator or
+//! reach another tenant's counters.
+
+use std::fmt::Write as _;
+
+/// Longest accepted identifier, in bytes.
+pub const MAX_ID_LEN: usize = 256;
+
+/// The resource used when a request names none.
+pub const DEFAULT_RESOURCE: &str = "default";
+
+/// An identifier failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidId {
+    /// The request field, e.g. `tenant_id` or `descriptors[1].entries[0].value`.
+    pub field: String,
+    /// What is wrong.
+    pub reason: &'static str,
+}
+
+/// Checks an identifier: at most [`MAX_ID_LEN`] bytes, no control characters, and non-empty
+/// when `required`.
+pub fn validate_id(
+    field: impl Into<String> + AsRef<str>,
+    value: &str,
+    required: bool,
+) -> Result<(), InvalidId> {
+    let reason = if required && value.is_empty() {
+        "is required"
+    } else if value.len() > MAX_ID_LEN {
+        "is longer than 256 bytes"
+    } else if value.chars().any(char::is_control) {
+        "contains a control character"
+    } else {
+        return Ok(());
+    };
+    Err(InvalidId {
+        field: field.into(),
+        reason,
+    })
+}
+
+/// Appends `part` with the characters that structure a key percent-escaped.
+fn push_escaped(out: &mut String, part: &str) {
+    for c in part.chars() {
+        match c {
+            '%' | '{' | '}' | ':' | '=' | '/' => {
+                let _ = write!(out, "%{:02X}", c as u32);
+            }
+            _ => out.push(c),
+        }
+    }
+}
+
+/// The counter key of a `Check`: `rl:{tenant}:resource`, plus `:key` when a key is given.
+pub fn check_key(tenant: &str, resource: &str, key: &str) -> String {
+    let mut out = String::with_capacity(8 + tenant.len() + resource.len() + key.len());
+    out.push_str("rl:{");
+    push_escaped(&mut out, tenant);
+    out.push_str("}:");
+    push_escaped(&mut out, resource);
+    if !key.is_empty() {
+        out.push(':');
+        push_escaped(&mut out, key);
+    }
+    out
+}
+
+/// The counter key of an Envoy descriptor. The hash tag holds the domain and the first entry,
+/// which in Envoy configs is the coarse dimension (a client, a tenant, a route); one request's
+/// descriptors may therefore live on different Cluster slots.
+pub fn envoy_key<'a>(
+    domain: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> String {
+    let mut out = String::with_capacity(64);
+    out.push_str("rle:{");
+    push_escaped(&mut out, domain);
+    let mut first = true;
+    for (k, v) in entries {
+        if first {
+            out.push('/');
+        } else {
+            out.push(':');
+        }
+        push_escaped(&mut out, k);
+        out.push('=');
+        push_escaped(&mut out, v);
+        if first {
+            out.push('}');
+            first = false;
+        }
+    }
+    if first {
+        out.push('}');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_keys_tag_the_tenant() {
+        assert_eq!(check_key("acme", "search", ""), "rl:{acme}:search");
+        assert_eq!(check_key("acme", "search", "u1"), "rl:{acme}:search:u1");
+    }
+
+    #[test]
+    fn structural_characters_cannot_cross_tenants() {
+        // Without escaping, tenant "a}:x" + resource "y" and tenant "a" + resource "x}:y"-like
+        // inputs could collide or move the hash tag.
+        let k = check_key("a}:{b", "r:1", "k%");
+        assert_eq!(k, "rl:{a%7D%3A%7Bb}:r%3A1:k%25");
+        assert_ne!(check_key("a", "b:c", ""), check_key("a", "b", "c"));
+        assert_ne!(check_key("a:b", "c", ""), check_key("a", "b:c", ""));
+        assert_eq!(k.matches('{').count(), 1);
+        assert_eq!(k.matches('}').count(), 1);
+    }
+
+    #[test]
+    fn envoy_keys_tag_domain_and_first_entry() {
+        let k = envoy_key("edge", [("client", "c1"), ("path", "/login")]);
+        assert_eq!(k, "rle:{edge/client=c1}:path=%2Flogin");
+        assert_eq!(envoy_key("edge", []), "rle:{edge}");
+        assert_ne!(
+            envoy_key("edge", [("a", "b=c")]),
+            envoy_key("edge", [("a=b", "c")])
+        );
+    }
+
+    #[test]
+    fn validation_names_the_field_and_reason() {
+        assert!(validate_id("tenant_id", "acme", true).is_ok());
+        assert!(validate_id("key", "", false).is_ok());
+        let e = validate_id("tenant_id", "", true).unwrap_err();
+        assert_eq!((e.field.as_str(), e.reason), ("tenant_id", "is required"));
+        let e = validate_id("key", &"x".repeat(257), false).unwrap_err();
+        assert_eq!(e.reason, "is longer than 256 bytes");
+        assert!(validate_id("key", &"x".repeat(256), false).is_ok());
+        let e = validate_id("resource", "a\nb", false).unwrap_err();
+        assert_eq!(e.reason, "contains a control character");
+    }
+}

@@ -1,0 +1,730 @@
+//! The limiter: validates a request, picks its policy, answers from the deny cache or asks the
+//! store, and falls back to the configured fail mode when the store does not answer in time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Mutex;
+
+use super::deny_cache::DenyCache;
+use super::envoy::{AppliedEnvoyLimit, DescriptorStatus, EnvoyDecision, EnvoyRequest};
+use super::envoy_config::EnvoyConfig;
+use super::gcra::{GcraParams, KeyOutcome, Verdict};
+use super::headers::{HeaderInput, rate_limit_headers};
+use super::keys::{self, DEFAULT_RESOURCE, InvalidId};
+use super::policy::{
+    AppliedPolicy, InvalidLimit, Limit, PolicyOverride, PolicySource, PolicyTable,
+};
+use crate::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
+
+/// What to answer when the store does not answer in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    /// Admit (availability over protection).
+    Open,
+    /// Deny (protection over availability).
+    Closed,
+    /// Answer with an error and let the caller decide (Envoy's `failure_mode_deny`).
+    Unavailable,
+}
+
+/// Knobs of the limiter.
+#[derive(Debug, Clone)]
+pub struct LimiterSettings {
+    /// The longest a caller waits for the store before the fail mode decides.
+    pub store_timeout: Duration,
+    /// Fail mode for `Check` (`Unavailable` answers with an error).
+    pub check_fail_mode: FailMode,
+    /// Fail mode for Envoy's `ShouldRateLimit`.
+    pub envoy_fail_mode: FailMode,
+    /// Whether Envoy responses carry rate-limit headers.
+    pub envoy_response_headers: bool,
+    /// Upper bound of the local deny cache; 0 disables it.
+    pub deny_cache_entries: usize,
+}
+
+impl Default for LimiterSettings {
+    fn default() -> Self {
+        Self {
+            store_timeout: Duration::from_millis(100),
+            check_fail_mode: FailMode::Closed,
+            envoy_fail_mode: FailMode::Unavailable,
+            envoy_response_headers: true,
+            deny_cache_entries: 100_000,
+        }
+    }
+}
+
+/// Errors of the rate-limit domain; `grpc::status` maps each to a gRPC status.
+#[derive(Debug, thiserror::Error)]
+pub enum RateLimitError {
+    /// A request field is invalid.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the request.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The store did not answer in time and the fail mode says to report it.
+    #[error("rate limit store unavailable")]
+    StoreUnavailable(#[source] StoreError),
+    /// The store failed in a way retrying will not fix.
+    #[error("rate limit store failed")]
+    Store(#[source] StoreError),
+}
+
+impl From<InvalidId> for RateLimitError {
+    fn from(e: InvalidId) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            reason: e.reason.to_owned(),
+        }
+    }
+}
+
+impl From<InvalidLimit> for RateLimitError {
+    fn from(e: InvalidLimit) -> Self {
+        Self::InvalidArgument {
+            field: e.field.to_owned(),
+            reason: e.reason,
+        }
+    }
+}
+
+/// A `Check` request.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckInput<'a> {
+    /// The tenant (required).
+    pub tenant: &'a str,
+    /// The resource ("" means `default`).
+    pub resource: &'a str,
+    /// The key within the resource ("" means the whole tenant).
+    pub key: &'a str,
+    /// Units to take (0 means 1).
+    pub cost: u32,
+}
+
+/// Why a check was denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenyReason {
+    /// Not enough units now.
+    OverLimit,
+    /// More than the burst: can never fit.
+    CostExceedsBurst,
+    /// The store did not answer and the fail mode is closed.
+    StoreUnavailable,
+}
+
+/// The answer to a `Check`.
+#[derive(Debug, Clone)]
+pub struct CheckDecision {
+    /// Whether the request may proceed.
+    pub allowed: bool,
+    /// The policy that applied.
+    pub policy: AppliedPolicy,
+    /// The normalised resource (for header names).
+    pub resource: String,
+    /// Units free after the decision.
+    pub remaining: u64,
+    /// Time until a full burst is back.
+    pub reset_after: Duration,
+    /// When denied and a retry can succeed: the wait.
+    pub retry_after: Option<Duration>,
+    /// Why denied.
+    pub deny_reason: Option<DenyReason>,
+    /// True when the fail mode decided instead of the counter.
+    pub degraded: bool,
+    /// The decision's clock, µs since the Unix epoch.
+    pub now_unix_us: u64,
+}
+
+impl CheckDecision {
+    /// The HTTP headers describing this decision.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        rate_limit_headers(&HeaderInput {
+            name: &self.resource,
+            quota: self.policy.limit.rate(),
+            window: self.policy.limit.period(),
+            remaining: self.remaining,
+            reset_after: self.reset_after,
+            retry_after: self.retry_after,
+            now_unix_us: self.now_unix_us,
+        })
+    }
+}
+
+/// Logs store trouble once per incident instead of once per request.
+#[derive(Debug, Default)]
+struct Incident {
+    /// True from the first failure until the next success.
+    open: AtomicBool,
+    /// Decisions made by the fail mode during the current incident.
+    failures: AtomicU64,
+}
+
+impl Incident {
+    fn failure(&self, error: &StoreError, mode: FailMode) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        if !self.open.swap(true, Ordering::AcqRel) {
+            tracing::warn!(error = %error, fail_mode = ?mode, "rate limit store unavailable; deciding by fail mode until it recovers");
+        }
+    }
+
+    fn success(&self) {
+        if self.open.load(Ordering::Relaxed) && self.open.swap(false, Ordering::AcqRel) {
+            let failures = self.failures.swap(0, Ordering::Relaxed);
+            tracing::info!(failures, "rate limit store recovered");
+        }
+    }
+}
+
+/// The rate-limit service core, generic over its store.
+#[derive(Debug)]
+pub struct Limiter<S> {
+    /// Counters and runtime overrides.
+    store: S,
+    /// The policy table in force; swapped whole when runtime overrides change.
+    policies: ArcSwap<PolicyTable>,
+    /// The config file's default and overrides, kept to rebuild the table.
+    config_default: Limit,
+    config_overrides: Vec<PolicyOverride>,
+    /// The runtime-override version the table was built from; the lock also keeps two
+    /// refreshes from racing each other.
+    overrides_version: Mutex<Option<u64>>,
+    /// Envoy descriptor → limit configuration.
+    envoy: EnvoyConfig,
+    /// Keys known to be over their limit (remote stores only).
+    deny_cache: Option<DenyCache>,
+    /// Timeouts and fail modes.
+    settings: LimiterSettings,
+    /// Store trouble, logged once per incident.
+    incident: Incident,
+}
+
+impl<S: RateLimitStore> Limiter<S> {
+    /// A limiter over `store` with the config file's policies.
+    pub fn new(
+        store: S,
+        default: Limit,
+        config_overrides: Vec<PolicyOverride>,
+        envoy: EnvoyConfig,
+        settings: LimiterSettings,
+    ) -> Self {
+        let deny_cache = (store.is_remote() && settings.deny_cache_entries > 0)
+            .then(|| DenyCache::new(settings.deny_cache_entries));
+        Self {
+            policies: ArcSwap::from_pointee(PolicyTable::new(default, &config_overrides, &[])),
+            store,
+            config_default: default,
+            config_overrides,
+            overrides_version: Mutex::new(None),
+            envoy,
+            deny_cache,
+            settings,
+            incident: Incident::default(),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Reloads runtime overrides if they changed; true when the table was rebuilt.
+    pub async fn refresh_policies(&self) -> Result<bool, RateLimitError> {
+        let mut version = self.overrides_version.lock().await;
+        let loaded = self
+            .with_timeout(self.store.load_overrides(*version))
+            .await?;
+        let Some(snapshot) = loaded else {
+            return Ok(false);
+        };
+        let table = PolicyTable::new(
+            self.config_default,
+            &self.config_overrides,
+            &snapshot.overrides,
+        );
+        self.policies.store(Arc::new(table));
+        *version = Some(snapshot.version);
+        // Limits changed: cached denial deadlines may no longer hold.
+        if let Some(cache) = &self.deny_cache {
+            cache.clear();
+        }
+        Ok(true)
+    }
+
+    /// Refreshes runtime overrides every `every` until `stop` resolves, so each replica
+    /// applies an admin change within that interval plus one store round trip.
+    pub async fn refresh_policies_every(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            match self.refresh_policies().await {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("runtime limit overrides reachable again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot load runtime limit overrides; keeping the last ones");
+                }
+                Err(_) => {}
+            }
+            if let Some(cache) = &self.deny_cache {
+                cache.sweep(Instant::now());
+            }
+        }
+    }
+
+    /// The policy for (tenant, resource) as it applies now.
+    pub fn policy_for(
+        &self,
+        tenant: &str,
+        resource: &str,
+    ) -> Result<AppliedPolicy, RateLimitError> {
+        keys::validate_id("tenant_id", tenant, true)?;
+        keys::validate_id("resource", resource, false)?;
+        Ok(self
+            .policies
+            .load()
+            .resolve(tenant, normalise_resource(resource)))
+    }
+
+    /// Stores a runtime override and applies it on this replica at once.
+    pub async fn set_override(
+        &self,
+        tenant: &str,
+        resource: &str,
+        limit: Limit,
+    ) -> Result<AppliedPolicy, RateLimitError> {
+        keys::validate_id("tenant_id", tenant, true)?;
+        keys::validate_id("resource", resource, false)?;
+        let policy = PolicyOverride {
+            tenant: tenant.to_owned(),
+            resource: (!resource.is_empty()).then(|| resource.to_owned()),
+            limit,
+        };
+        self.with_timeout(self.store.set_override(&policy)).await?;
+        self.refresh_policies().await?;
+        Ok(AppliedPolicy {
+            limit,
+            source: PolicySource::Runtime,
+        })
+    }
+
+    /// Deletes a runtime override; false when there was none.
+    pub async fn delete_override(
+        &self,
+        tenant: &str,
+        resource: &str,
+    ) -> Result<bool, RateLimitError> {
+        keys::validate_id("tenant_id", tenant, true)?;
+        keys::validate_id("resource", resource, false)?;
+        let resource = (!resource.is_empty()).then_some(resource);
+        let deleted = self
+            .with_timeout(self.store.delete_override(tenant, resource))
+            .await?;
+        self.refresh_policies().await?;
+        Ok(deleted)
+    }
+
+    /// Decides a `Check`.
+    pub async fn check(&self, input: CheckInput<'_>) -> Result<CheckDecision, RateLimitError> {
+        keys::validate_id("tenant_id", input.tenant, true)?;
+        keys::validate_id("resource", input.resource, false)?;
+        keys::validate_id("key", input.key, false)?;
+        let resource = normalise_resource(input.resource);
+        let cost = u64::from(input.cost.max(1));
+        let policy = self.policies.load().resolve(input.tenant, resource);
+        let key = keys::check_key(input.tenant, resource, input.key);
+        let decision =
+            |allowed, outcome: KeyOutcome, deny_reason, retry_after, degraded, now_unix_us| {
+                CheckDecision {
+                    allowed,
+                    policy,
+                    resource: resource.to_owned(),
+                    remaining: outcome.remaining,
+                    reset_after: Duration::from_micros(outcome.reset_after_us),
+                    retry_after,
+                    deny_reason,
+                    degraded,
+                    now_unix_us,
+                }
+            };
+
+        let sent_at = Instant::now();
+        if let Some(hit) = self
+            .deny_cache
+            .as_ref()
+            .and_then(|c| c.lookup(&key, cost, sent_at))
+        {
+            let outcome = KeyOutcome {
+                verdict: Verdict::Denied { retry_after_us: 0 },
+                remaining: hit.remaining,
+                reset_after_us: hit.reset_after.as_micros() as u64,
+            };
+            return Ok(decision(
+                false,
+                outcome,
+                Some(DenyReason::OverLimit),
+                Some(hit.retry_after),
+                false,
+                unix_now_us(),
+            ));
+        }
+
+        let batch = [LimitRequest {
+            key,
+            gcra: policy.limit.gcra(),
+            cost,
+            enforced: true,
+        }];
+        let outcome = match self.decide(&batch).await {
+            Ok(o) => o,
+            Err(e) => {
+                let allowed = match self.settings.check_fail_mode {
+                    FailMode::Open => true,
+                    FailMode::Closed => false,
+                    FailMode::Unavailable => return Err(e),
+                };
+                let outcome = KeyOutcome {
+                    verdict: Verdict::Allowed,
+                    remaining: 0,
+                    reset_after_us: 0,
+                };
+                let reason = (!allowed).then_some(DenyReason::StoreUnavailable);
+                return Ok(decision(
+                    allowed,
+                    outcome,
+                    reason,
+                    None,
+                    true,
+                    unix_now_us(),
+                ));
+            }
+        };
+        let [key_outcome] = outcome.keys[..] else {
+            return Err(RateLimitError::Store(StoreError::permanent(
+                "store answered for a different number of limits",
+            )));
+        };
+        Ok(match key_outcome.verdict {
+            Verdict::Allowed => decision(true, key_outcome, None, None, false, outcome.now_us),
+            Verdict::Denied { retry_after_us } => {
+                let retry_after = Duration::from_micros(retry_after_us);
+                if let Some(cache) = &self.deny_cache {
+                    let [LimitRequest { key, .. }] = &batch;
+                    cache.remember(
+                        key,
+                        cost,
+                        sent_at,
+                        retry_after,
+                        Duration::from_micros(key_outcome.reset_after_us),
+                        key_outcome.remaining,
+                    );
+                }
+                decision(
+                    false,
+                    key_outcome,
+                    Some(DenyReason::OverLimit),
+                    Some(retry_after),
+                    false,
+                    outcome.now_us,
+                )
+            }
+            Verdict::CostExceedsBurst => decision(
+                false,
+                key_outcome,
+                Some(DenyReason::CostExceedsBurst),
+                None,
+                false,
+                outcome.now_us,
+            ),
+        })
+    }
+
+    /// Decides an Envoy `ShouldRateLimit` request: all descriptors together, all or nothing.
+    pub async fn should_rate_limit(
+        &self,
+        request: &EnvoyRequest,
+    ) -> Result<EnvoyDecision, RateLimitError> {
+        keys::validate_id("domain", &request.domain, true)?;
+        let default_cost = u64::from(request.hits_addend.max(1));
+        // Per descriptor: the limit that applies and, when limited, its index in the batch.
+        let mut applied: Vec<Option<(AppliedEnvoyLimit, usize)>> =
+            Vec::with_capacity(request.descriptors.len());
+        let mut batch: Vec<LimitRequest> = Vec::new();
+        for (i, d) in request.descriptors.iter().enumerate() {
+            for (j, (k, v)) in d.entries.iter().enumerate() {
+                keys::validate_id(format!("descriptors[{i}].entries[{j}].key"), k, true)?;
+                keys::validate_id(format!("descriptors[{i}].entries[{j}].value"), v, false)?;
+            }
+            let entries: Vec<(&str, &str)> = d
+                .entries
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let configured = self.envoy.lookup(&request.domain, &entries);
+            let shadow = configured.is_some_and(|l| l.shadow_mode);
+            let (rate, name) = match (&d.limit_override, configured) {
+                (Some(rate), configured) => (Some(*rate), configured.and_then(|l| l.name.clone())),
+                (None, Some(l)) => (l.rate, l.name.clone()),
+                (None, None) => (None, None),
+            };
+            let Some(rate) = rate else {
+                applied.push(None);
+                continue;
+            };
+            let cost = d
+                .hits_addend
+                .unwrap_or(default_cost)
+                .min(super::policy::MAX_BURST + 1);
+            let gcra = match Limit::new(u64::from(rate.requests_per_unit), rate.unit.period(), 0) {
+                Ok(limit) => limit.gcra(),
+                // 0 requests per unit: nothing ever fits, which a cost above the burst expresses.
+                Err(_) if rate.requests_per_unit == 0 => GcraParams {
+                    emission_interval_us: rate.unit.period().as_micros() as u64,
+                    burst: 0,
+                },
+                Err(e) => {
+                    return Err(RateLimitError::InvalidArgument {
+                        field: format!("descriptors[{i}].limit"),
+                        reason: e.to_string(),
+                    });
+                }
+            };
+            applied.push(Some((
+                AppliedEnvoyLimit {
+                    name,
+                    requests_per_unit: rate.requests_per_unit,
+                    unit: rate.unit,
+                },
+                batch.len(),
+            )));
+            batch.push(LimitRequest {
+                key: keys::envoy_key(&request.domain, entries.iter().copied()),
+                gcra,
+                cost: cost.max(u64::from(gcra.burst == 0)),
+                enforced: !shadow,
+            });
+        }
+
+        let sent_at = Instant::now();
+        let outcome = match self.cached_batch(&batch, sent_at) {
+            Some(o) => o,
+            None if batch.is_empty() => BatchOutcome {
+                now_us: unix_now_us(),
+                committed: true,
+                keys: Vec::new(),
+            },
+            None => match self.decide(&batch).await {
+                Ok(o) => {
+                    self.remember_denials(&batch, &o, sent_at);
+                    o
+                }
+                Err(e) => return self.envoy_fail_mode(e, applied),
+            },
+        };
+
+        let statuses: Vec<DescriptorStatus> = applied
+            .into_iter()
+            .map(|a| match a {
+                None => DescriptorStatus {
+                    over_limit: false,
+                    limit: None,
+                    remaining: 0,
+                    reset_after: Duration::ZERO,
+                },
+                Some((limit, idx)) => {
+                    let k = outcome.keys[idx];
+                    DescriptorStatus {
+                        over_limit: batch[idx].enforced && k.verdict != Verdict::Allowed,
+                        limit: Some(limit),
+                        remaining: u32::try_from(k.remaining).unwrap_or(u32::MAX),
+                        reset_after: Duration::from_micros(k.reset_after_us),
+                    }
+                }
+            })
+            .collect();
+        let response_headers = if self.settings.envoy_response_headers {
+            envoy_headers(&statuses, &batch, &outcome)
+        } else {
+            Vec::new()
+        };
+        Ok(EnvoyDecision {
+            over_limit: !outcome.committed,
+            statuses,
+            response_headers,
+            degraded: false,
+        })
+    }
+
+    /// Answers a batch from the deny cache when every limit in it is cached as denied.
+    fn cached_batch(&self, batch: &[LimitRequest], now: Instant) -> Option<BatchOutcome> {
+        let cache = self.deny_cache.as_ref()?;
+        if batch.is_empty() {
+            return None;
+        }
+        let keys = batch
+            .iter()
+            .map(|r| {
+                cache.lookup(&r.key, r.cost, now).map(|hit| KeyOutcome {
+                    verdict: Verdict::Denied {
+                        retry_after_us: hit.retry_after.as_micros() as u64,
+                    },
+                    remaining: hit.remaining,
+                    reset_after_us: hit.reset_after.as_micros() as u64,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(BatchOutcome {
+            now_us: unix_now_us(),
+            committed: !batch.iter().any(|r| r.enforced),
+            keys,
+        })
+    }
+
+    fn remember_denials(&self, batch: &[LimitRequest], outcome: &BatchOutcome, sent_at: Instant) {
+        let Some(cache) = &self.deny_cache else {
+            return;
+        };
+        for (req, k) in batch.iter().zip(&outcome.keys) {
+            if let Verdict::Denied { retry_after_us } = k.verdict {
+                cache.remember(
+                    &req.key,
+                    req.cost,
+                    sent_at,
+                    Duration::from_micros(retry_after_us),
+                    Duration::from_micros(k.reset_after_us),
+                    k.remaining,
+                );
+            }
+        }
+    }
+
+    fn envoy_fail_mode(
+        &self,
+        e: RateLimitError,
+        applied: Vec<Option<(AppliedEnvoyLimit, usize)>>,
+    ) -> Result<EnvoyDecision, RateLimitError> {
+        let over_limit = match self.settings.envoy_fail_mode {
+            FailMode::Open => false,
+            FailMode::Closed => true,
+            FailMode::Unavailable => return Err(e),
+        };
+        let statuses = applied
+            .into_iter()
+            .map(|a| DescriptorStatus {
+                over_limit: over_limit && a.is_some(),
+                limit: a.map(|(l, _)| l),
+                remaining: 0,
+                reset_after: Duration::ZERO,
+            })
+            .collect::<Vec<_>>();
+        Ok(EnvoyDecision {
+            over_limit: over_limit && statuses.iter().any(|s| s.limit.is_some()),
+            statuses,
+            response_headers: Vec::new(),
+            degraded: true,
+        })
+    }
+
+    /// Asks the store within the timeout; a failure opens (or continues) an incident.
+    async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, RateLimitError> {
+        self.with_timeout(self.store.decide(batch)).await
+    }
+
+    async fn with_timeout<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, RateLimitError> {
+        let result = match tokio::time::timeout(self.settings.store_timeout, call).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::transient(format!(
+                "no answer within {}",
+                humantime::format_duration(self.settings.store_timeout)
+            ))),
+        };
+        match result {
+            Ok(v) => {
+                self.incident.success();
+                Ok(v)
+            }
+            Err(e) if e.transient => {
+                self.incident.failure(&e, self.settings.check_fail_mode);
+                Err(RateLimitError::StoreUnavailable(e))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "rate limit store error");
+                Err(RateLimitError::Store(e))
+            }
+        }
+    }
+}
+
+/// Headers for the most restrictive limit: the first one over limit, else the one with the
+/// fewest units left.
+fn envoy_headers(
+    statuses: &[DescriptorStatus],
+    batch: &[LimitRequest],
+    outcome: &BatchOutcome,
+) -> Vec<(&'static str, String)> {
+    let pick = statuses
+        .iter()
+        .filter(|s| s.limit.is_some())
+        .min_by_key(|s| (!s.over_limit, s.remaining));
+    let Some(status) = pick else {
+        return Vec::new();
+    };
+    let Some(limit) = &status.limit else {
+        return Vec::new();
+    };
+    let retry_after = statuses
+        .iter()
+        .zip(batch)
+        .zip(&outcome.keys)
+        .filter(|((s, _), _)| s.over_limit)
+        .find_map(|(_, k)| match k.verdict {
+            Verdict::Denied { retry_after_us } => Some(Duration::from_micros(retry_after_us)),
+            _ => None,
+        });
+    rate_limit_headers(&HeaderInput {
+        name: limit.name.as_deref().unwrap_or("default"),
+        quota: u64::from(limit.requests_per_unit),
+        window: limit.period(),
+        remaining: u64::from(status.remaining),
+        reset_after: status.reset_after,
+        retry_after: retry_after.filter(|_| status.over_limit),
+        now_unix_us: outcome.now_us,
+    })
+}
+
+fn normalise_resource(resource: &str) -> &str {
+    if resource.is_empty() {
+        DEFAULT_RESOURCE
+    } else {
+        resource
+    }
+}
+
+fn unix_now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,261 @@
+//! The embedded store: counters in sharded hash maps under per-shard locks, for one replica.
+//!
+//! A batch locks every shard it touches in ascending shard order (so two batches can never
+//! wait on each other in a cycle), decides all its keys, and commits all or nothing, the same
+//! guarantee the Redis script gives. Idle keys (TAT in the past, which is the same as absent)
+//! are swept out so memory follows the keys active within their tolerance, not all keys ever seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::{BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError};
+use crate::ratelimit::clock::{Clock, SystemClock};
+use crate::ratelimit::gcra::{self, Verdict};
+use crate::ratelimit::policy::{Limit, PolicyOverride};
+
+/// Number of lock shards: enough that two cores rarely meet on one, few enough to sweep fast.
+const SHARDS: usize = 64;
+
+type Counters = HashMap<Box<str>, u64, foldhash::fast::RandomState>;
+
+/// One lock and its map, aligned to its own cache lines so neighbouring locks do not contend.
+#[repr(align(128))]
+#[derive(Debug, Default)]
+struct Shard(Mutex<Counters>);
+
+/// In-process counters and runtime overrides.
+#[derive(Debug)]
+pub struct MemoryStore {
+    /// TAT per key, spread over shards by key hash.
+    shards: Box<[Shard]>,
+    /// Picks a key's shard; seeded per process so shard placement cannot be aimed at.
+    shard_hasher: foldhash::fast::RandomState,
+    /// The time GCRA decides at; replaceable in tests.
+    clock: Arc<dyn Clock>,
+    /// Runtime overrides, versioned like the Redis copy.
+    overrides: Mutex<Overrides>,
+}
+
+#[derive(Debug, Default)]
+struct Overrides {
+    version: u64,
+    by_target: BTreeMap<(String, Option<String>), Limit>,
+}
+
+impl MemoryStore {
+    /// A store on the system clock.
+    pub fn new() -> Self {
+        Self::with_clock(Arc::new(SystemClock::new()))
+    }
+
+    /// A store on a given clock (tests pass a manual one).
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            shard_hasher: foldhash::fast::RandomState::default(),
+            clock,
+            overrides: Mutex::default(),
+        }
+    }
+
+    fn shard_of(&self, key: &str) -> usize {
+        (self.shard_hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Number of keys held (idle ones included until the next sweep).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
+    }
+
+    /// True when no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes keys whose TAT has passed: they decide exactly as absent keys do.
+    pub fn sweep(&self) {
+        for shard in self.shards.iter() {
+            let now = self.clock.now_us();
+            shard.0.lock().retain(|_, tat| *tat > now);
+        }
+    }
+
+    /// Sweeps every `every` until the store is dropped.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        let store: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(store) = store.upgrade() else { return };
+                store.sweep();
+            }
+        });
+    }
+
+    fn decide_locked(&self, batch: &[LimitRequest]) -> BatchOutcome {
+        let mut shard_ids: Vec<usize> = batch.iter().map(|r| self.shard_of(&r.key)).collect();
+        let mut order = shard_ids.clone();
+        order.sort_unstable();
+        order.dedup();
+        // Ascending order: no two batches can hold-and-wait in a cycle.
+        let mut guards: Vec<MutexGuard<'_, Counters>> =
+            order.iter().map(|&i| self.shards[i].0.lock()).collect();
+        for id in &mut shard_ids {
+            *id = order.binary_search(id).unwrap_or_default();
+        }
+        let now = self.clock.now_us();
+        // A key named twice in one batch must see its own pending update.
+        let mut pending: Vec<(&str, u64)> = Vec::new();
+        let mut steps = Vec::with_capacity(batch.len());
+        let mut committed = true;
+        for (req, &g) in batch.iter().zip(&shard_ids) {
+            let stored = pending
+                .iter()
+                .rev()
+                .find(|(k, _)| *k == req.key)
+                .map(|(_, tat)| *tat)
+                .or_else(|| guards[g].get(req.key.as_str()).copied());
+            let step = gcra::step(req.gcra, stored, now, req.cost);
+            if let Some(tat) = step.new_tat_us {
+                pending.push((&req.key, tat));
+            } else if req.enforced {
+                committed = false;
+            }
+            steps.push(step);
+        }
+        if committed {
+            for ((req, &g), step) in batch.iter().zip(&shard_ids).zip(&steps) {
+                if let Some(tat) = step.new_tat_us {
+                    guards[g].insert(req.key.as_str().into(), tat);
+                }
+            }
+        }
+        let keys = steps
+            .iter()
+            .map(|s| match (committed, s.outcome.verdict) {
+                (false, Verdict::Allowed) => s.untaken,
+                _ => s.outcome,
+            })
+            .collect();
+        BatchOutcome {
+            now_us: now,
+            committed,
+            keys,
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RateLimitStore for MemoryStore {
+    async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, StoreError> {
+        Ok(self.decide_locked(batch))
+    }
+
+    async fn set_override(&self, policy: &PolicyOverride) -> Result<(), StoreError> {
+        let mut o = self.overrides.lock();
+        o.by_target.insert(
+            (policy.tenant.clone(), policy.resource.clone()),
+            policy.limit,
+        );
+        o.version += 1;
+        Ok(())
+    }
+
+    async fn delete_override(
+        &self,
+        tenant: &str,
+        resource: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let mut o = self.overrides.lock();
+        let removed = o
+            .by_target
+            .remove(&(tenant.to_owned(), resource.map(str::to_owned)))
+            .is_some();
+        if removed {
+            o.version += 1;
+        }
+        Ok(removed)
+    }
+
+    async fn load_overrides(
+        &self,
+        known: Option<u64>,
+    ) -> Result<Option<OverrideSnapshot>, StoreError> {
+        let o = self.overrides.lock();
+        if known == Some(o.version) {
+            return Ok(None);
+        }
+        Ok(Some(OverrideSnapshot {
+            version: o.version,
+            overrides: o
+                .by_target
+                .iter()
+                .map(|((tenant, resource), limit)| PolicyOverride {
+                    tenant: tenant.clone(),
+                    resource: resource.clone(),
+                    limit: *limit,
+                })
+                .collect(),
+        }))
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::clock::ManualClock;
+    use crate::ratelimit::gcra::GcraParams;
+
+    fn req(key: &str, burst: u64) -> LimitRequest {
+        LimitRequest {
+            key: key.into(),
+            gcra: GcraParams {
+                emission_interval_us: 1_000_000,
+                burst,
+            },
+            cost: 1,
+            enforced: true,
+        }
+    }
+
+    #[test]
+    fn sweep_drops_only_idle_keys() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = MemoryStore::with_clock(clock.clone());
+        for i in 0..1000 {
+            store.decide_locked(&[req(&format!("k{i}"), 5)]);
+        }
+        assert_eq!(store.len(), 1000);
+        store.sweep();
+        assert_eq!(store.len(), 1000, "keys within their tolerance stay");
+        clock.advance_us(1_000_000);
+        store.sweep();
+        assert!(store.is_empty(), "a key whose TAT has passed is gone");
+    }
+
+    #[test]
+    fn a_key_named_twice_in_a_batch_is_counted_twice() {
+        let store = MemoryStore::with_clock(Arc::new(ManualClock::new(1_000_000_000)));
+        let out = store.decide_locked(&[req("k", 1), req("k", 1)]);
+        assert!(!out.committed);
+        assert_eq!(out.keys[0].verdict, Verdict::Allowed);
+        assert!(matches!(out.keys[1].verdict, Verdict::Denied { .. }));
+        // Nothing was taken: a single request still fits.
+        assert!(store.decide_locked(&[req("k", 1)]).committed);
+    }
+}

@@ -1,0 +1,151 @@
+//! Connections to a single Redis or a Redis Cluster. Both pipeline concurrent calls over one
+//! connection per node and reconnect on their own, so no pool is needed.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+use crate::store::StoreError;
+
+/// Where Redis is.
+#[derive(Clone)]
+pub enum RedisTarget {
+    /// One server (`redis://` or `rediss://`).
+    Single(String),
+    /// Seed nodes of a Redis Cluster.
+    Cluster(Vec<String>),
+}
+
+impl std::fmt::Debug for RedisTarget {
+    // URLs may carry a password: show only their hosts.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Single(url) => write!(f, "Single({})", redact_url(url)),
+            Self::Cluster(urls) => {
+                let hosts: Vec<String> = urls.iter().map(|u| redact_url(u)).collect();
+                write!(f, "Cluster({hosts:?})")
+            }
+        }
+    }
+}
+
+/// The URL without credentials, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// A live connection of either kind; cheap to clone (clones share the connection).
+#[derive(Clone)]
+pub enum RedisConnection {
+    /// Multiplexed connection with automatic reconnection.
+    Single(ConnectionManager),
+    /// Cluster connection: routes by slot, follows MOVED/ASK, reloads scripts on NOSCRIPT.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Single(_) => "RedisConnection::Single",
+            Self::Cluster(_) => "RedisConnection::Cluster",
+        })
+    }
+}
+
+impl RedisConnection {
+    /// Connects. A single node is connected lazily (the service starts while Redis is still
+    /// coming up, and decides by its fail mode until it answers); a Cluster needs one seed
+    /// node to answer now, to learn the slot map.
+    pub async fn connect(target: &RedisTarget, io_timeout: Duration) -> Result<Self, StoreError> {
+        let fail = |what: &str, e: redis::RedisError| {
+            StoreError::permanent(format!("{what} {target:?}: {e}"))
+        };
+        match target {
+            RedisTarget::Single(url) => {
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| fail("invalid Redis URL", e))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(io_timeout))
+                    .set_response_timeout(Some(io_timeout))
+                    .set_number_of_retries(1)
+                    .set_max_delay(Duration::from_millis(500));
+                let manager = ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| fail("cannot set up a connection to", e))?;
+                Ok(Self::Single(manager))
+            }
+            RedisTarget::Cluster(urls) => {
+                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                    .connection_timeout(io_timeout)
+                    .response_timeout(io_timeout)
+                    .retries(3)
+                    .build()
+                    .map_err(|e| fail("invalid Redis Cluster seeds", e))?;
+                let conn = client
+                    .get_async_connection()
+                    .await
+                    .map_err(|e| fail("cannot connect to Redis Cluster", e))?;
+                Ok(Self::Cluster(conn))
+            }
+        }
+    }
+
+    /// True for a Cluster, where a batch spanning slots is decided per slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Self::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(
+            redact_url("redis://:s3cret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact_url("rediss://user:pw@h:1"), "rediss://***@h:1");
+        assert_eq!(redact_url("redis://host:6379"), "redis://host:6379");
+        let t = RedisTarget::Cluster(vec!["redis://:pw@a:1".into()]);
+        assert!(!format!("{t:?}").contains("pw"));
+    }
+}

@@ -1,0 +1,343 @@
+//! The Redis store: one Lua script per decision on a single node or a Redis Cluster.
+
+mod connection;
+
+use std::time::Duration;
+
+use redis::cluster_routing::Slot;
+use redis::{AsyncCommands, Script};
+
+pub use self::connection::{RedisConnection, RedisTarget, redact_url};
+use super::{BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError};
+use crate::ratelimit::gcra::{KeyOutcome, Verdict};
+use crate::ratelimit::policy::PolicyOverride;
+
+/// The hash of runtime overrides: field `tenant\nresource` (resource empty for tenant-wide;
+/// validated ids cannot contain a newline) → `rate period_us burst`, plus the version field.
+const OVERRIDES_KEY: &str = "portcullis:limits";
+/// Bumped on every change so replicas poll one field instead of the whole hash.
+const VERSION_FIELD: &str = "\nversion";
+
+/// Counters and overrides in Redis, shared by every replica.
+#[derive(Debug, Clone)]
+pub struct RedisStore {
+    /// Multiplexed (single) or cluster connection; cloned per call, sharing the socket(s).
+    conn: RedisConnection,
+    /// The decision script; EVALSHA with its SHA computed once, EVAL again on NOSCRIPT.
+    gcra: std::sync::Arc<Script>,
+    /// The Cluster-only compensation script.
+    refund: std::sync::Arc<Script>,
+}
+
+impl RedisStore {
+    /// Connects to a single node or a Cluster.
+    pub async fn connect(target: &RedisTarget, io_timeout: Duration) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: RedisConnection::connect(target, io_timeout).await?,
+            gcra: std::sync::Arc::new(Script::new(include_str!("scripts/gcra.lua"))),
+            refund: std::sync::Arc::new(Script::new(include_str!("scripts/refund.lua"))),
+        })
+    }
+
+    /// Runs the decision script on requests that share one slot.
+    async fn decide_slot(&self, batch: &[&LimitRequest]) -> Result<BatchOutcome, StoreError> {
+        let mut invocation = self.gcra.prepare_invoke();
+        for req in batch {
+            invocation
+                .key(req.key.as_str())
+                .arg(req.gcra.emission_interval_us)
+                .arg(req.gcra.burst)
+                .arg(req.cost)
+                .arg(if req.enforced { "1" } else { "0" });
+        }
+        let reply: Vec<i64> = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        parse_decision(&reply, batch.len())
+    }
+
+    /// Cluster: decide each slot's share in parallel; if any denied, give back what the
+    /// others took. Between the take and the refund a concurrent request may see less
+    /// capacity than there is (a spurious denial), never more: the guarantee stays exact.
+    async fn decide_across_slots(
+        &self,
+        batch: &[LimitRequest],
+    ) -> Result<BatchOutcome, StoreError> {
+        let mut groups: Vec<(Slot, Vec<usize>)> = Vec::new();
+        for (i, req) in batch.iter().enumerate() {
+            let slot = Slot::for_key(req.key.as_bytes());
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
+            }
+        }
+        let outcomes = futures::future::join_all(groups.iter().map(|(_, members)| {
+            let slice: Vec<&LimitRequest> = members.iter().map(|&i| &batch[i]).collect();
+            async move { self.decide_slot(&slice).await }
+        }))
+        .await;
+        let mut keys = vec![None; batch.len()];
+        let mut now_us = 0;
+        let mut committed = true;
+        let mut taken_groups = Vec::new();
+        let mut first_error = None;
+        for ((_, members), outcome) in groups.iter().zip(outcomes) {
+            match outcome {
+                Ok(o) => {
+                    now_us = now_us.max(o.now_us);
+                    committed &= o.committed;
+                    if o.committed {
+                        taken_groups.push(members);
+                    }
+                    for (&i, k) in members.iter().zip(o.keys) {
+                        keys[i] = Some(k);
+                    }
+                }
+                Err(e) => {
+                    committed = false;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if !committed {
+            for members in taken_groups {
+                // Only allowed limits were taken (a denied shadow-mode limit took nothing).
+                let taken: Vec<usize> = members
+                    .iter()
+                    .copied()
+                    .filter(|&i| keys[i].is_some_and(|k| k.verdict == Verdict::Allowed))
+                    .collect();
+                self.refund_slot(batch, &taken).await?;
+                for i in taken {
+                    if let Some(k) = keys[i].as_mut() {
+                        *k = untaken_view(*k, &batch[i]);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        Ok(BatchOutcome {
+            now_us,
+            committed,
+            keys: keys
+                .into_iter()
+                .map(|k| k.unwrap_or(DENIED_UNKNOWN))
+                .collect(),
+        })
+    }
+
+    async fn refund_slot(&self, batch: &[LimitRequest], taken: &[usize]) -> Result<(), StoreError> {
+        if taken.is_empty() {
+            return Ok(());
+        }
+        let mut invocation = self.refund.prepare_invoke();
+        for &i in taken {
+            let req = &batch[i];
+            invocation
+                .key(req.key.as_str())
+                .arg(req.gcra.emission_interval_us.saturating_mul(req.cost));
+        }
+        let _: i64 = invocation
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// Placeholder never reported: every slot group fills its keys or the batch errors out.
+const DENIED_UNKNOWN: KeyOutcome = KeyOutcome {
+    verdict: Verdict::Denied { retry_after_us: 0 },
+    remaining: 0,
+    reset_after_us: 0,
+};
+
+/// What an allowed-then-refunded limit reports: the state before the request.
+fn untaken_view(taken: KeyOutcome, req: &LimitRequest) -> KeyOutcome {
+    if taken.verdict != Verdict::Allowed {
+        return taken;
+    }
+    KeyOutcome {
+        verdict: Verdict::Allowed,
+        remaining: (taken.remaining + req.cost).min(req.gcra.burst),
+        reset_after_us: taken
+            .reset_after_us
+            .saturating_sub(req.gcra.emission_interval_us.saturating_mul(req.cost)),
+    }
+}
+
+/// Decodes the script's flat reply (see the contract at the top of `gcra.lua`).
+fn parse_decision(reply: &[i64], n: usize) -> Result<BatchOutcome, StoreError> {
+    if reply.len() != 2 + 4 * n {
+        return Err(StoreError::permanent(format!(
+            "decision script returned {} values for {n} limits",
+            reply.len()
+        )));
+    }
+    let non_negative = |v: i64| u64::try_from(v).unwrap_or_default();
+    let keys = reply[2..]
+        .chunks_exact(4)
+        .map(|c| {
+            let verdict = match c[0] {
+                1 => Verdict::Allowed,
+                2 => Verdict::CostExceedsBurst,
+                _ => Verdict::Denied {
+                    retry_after_us: non_negative(c[3]),
+                },
+            };
+            KeyOutcome {
+                verdict,
+                remaining: non_negative(c[1]),
+                reset_after_us: non_negative(c[2]),
+            }
+        })
+        .collect();
+    Ok(BatchOutcome {
+        now_us: non_negative(reply[0]),
+        committed: reply[1] == 1,
+        keys,
+    })
+}
+
+fn store_error(e: redis::RedisError) -> StoreError {
+    let transient =
+        e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal();
+    StoreError {
+        message: e.to_string(),
+        transient,
+    }
+}
+
+fn override_field(tenant: &str, resource: Option<&str>) -> String {
+    format!("{tenant}\n{}", resource.unwrap_or_default())
+}
+
+impl RateLimitStore for RedisStore {
+    async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, StoreError> {
+        let one_slot = !self.conn.is_cluster() || {
+            let first = batch.first().map(|r| Slot::for_key(r.key.as_bytes()));
+            batch
+                .iter()
+                .all(|r| Some(Slot::for_key(r.key.as_bytes())) == first)
+        };
+        if one_slot {
+            let refs: Vec<&LimitRequest> = batch.iter().collect();
+            self.decide_slot(&refs).await
+        } else {
+            self.decide_across_slots(batch).await
+        }
+    }
+
+    async fn set_override(&self, policy: &PolicyOverride) -> Result<(), StoreError> {
+        let field = override_field(&policy.tenant, policy.resource.as_deref());
+        let _: () = redis::pipe()
+            .atomic()
+            .hset(OVERRIDES_KEY, field, super::encode_limit(&policy.limit))
+            .ignore()
+            .hincr(OVERRIDES_KEY, VERSION_FIELD, 1)
+            .ignore()
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn delete_override(
+        &self,
+        tenant: &str,
+        resource: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (deleted, _version): (u64, u64) = redis::pipe()
+            .atomic()
+            .hdel(OVERRIDES_KEY, override_field(tenant, resource))
+            .hincr(OVERRIDES_KEY, VERSION_FIELD, 1)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(deleted > 0)
+    }
+
+    async fn load_overrides(
+        &self,
+        known: Option<u64>,
+    ) -> Result<Option<OverrideSnapshot>, StoreError> {
+        let mut conn = self.conn.clone();
+        let version: Option<u64> = conn
+            .hget(OVERRIDES_KEY, VERSION_FIELD)
+            .await
+            .map_err(store_error)?;
+        let version = version.unwrap_or_default();
+        if known == Some(version) {
+            return Ok(None);
+        }
+        let all: Vec<(String, String)> = conn.hgetall(OVERRIDES_KEY).await.map_err(store_error)?;
+        let mut overrides = Vec::with_capacity(all.len());
+        let mut snapshot_version = version;
+        for (field, value) in all {
+            if field == VERSION_FIELD {
+                // The hash is read whole, so its own version is the one that matches it.
+                snapshot_version = value.parse().unwrap_or(version);
+                continue;
+            }
+            let Some((tenant, resource)) = field.split_once('\n') else {
+                return Err(StoreError::permanent(format!(
+                    "malformed override field {field:?}"
+                )));
+            };
+            overrides.push(PolicyOverride {
+                tenant: tenant.to_owned(),
+                resource: (!resource.is_empty()).then(|| resource.to_owned()),
+                limit: super::decode_limit(&value)?,
+            });
+        }
+        Ok(Some(OverrideSnapshot {
+            version: snapshot_version,
+            overrides,
+        }))
+    }
+
+    fn is_remote(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decision_reply_is_decoded_per_limit() {
+        let reply = [
+            1_700_000_000_000_000,
+            0,
+            1,
+            4,
+            100,
+            0,
+            0,
+            0,
+            600,
+            250,
+            2,
+            5,
+            0,
+            0,
+        ];
+        let out = parse_decision(&reply, 3).unwrap();
+        assert_eq!(out.now_us, 1_700_000_000_000_000);
+        assert!(!out.committed);
+        assert_eq!(out.keys[0].verdict, Verdict::Allowed);
+        assert_eq!(out.keys[0].remaining, 4);
+        assert_eq!(
+            out.keys[1].verdict,
+            Verdict::Denied {
+                retry_after_us: 250
+            }
+        );
+        assert_eq!(out.keys[2].verdict, Verdict::CostExceedsBurst);
+        assert!(parse_decision(&reply, 2).is_err());
+    }
+}
