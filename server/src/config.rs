@@ -651,6 +651,21 @@ mod tests {
     }
 
     #[test]
+    fn shipped_examples_load() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy");
+        let toml = format!("{root}/portcullis.example.toml");
+        let envoy = format!("{root}/envoy/ratelimit.yaml");
+        let c = load(&["--config", &toml, "--envoy-config", &envoy], &[]).unwrap();
+        assert_eq!(c.overrides.len(), 2);
+        assert_eq!(c.default_limit.rate(), 60);
+        let login = c.envoy.lookup(
+            "edge",
+            &[("remote_address", "10.0.0.1"), ("path", "/login")],
+        );
+        assert_eq!(login.and_then(|l| l.name.as_deref()), Some("login_per_ip"));
+    }
+
+    #[test]
     fn redis_cluster_seeds_split_on_commas() {
         let c = load(
             &[],

@@ -116,7 +116,6 @@ pub async fn run(
     );
     let router = Server::builder()
         .tcp_nodelay(true)
-        .http2_adaptive_window(Some(true))
         .add_service(health_service)
         .add_service(reflection_v1.build_v1()?)
         .add_service(reflection_v1alpha.build_v1alpha()?)

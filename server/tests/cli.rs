@@ -1,0 +1,55 @@
+//! The binary's command line: every documented flag and variable is listed, bad settings are
+//! refused with the setting's name and exit code 2.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::process::Command;
+
+fn portcullis(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run portcullis")
+}
+
+#[test]
+fn help_lists_every_flag_and_its_variable() {
+    let out = portcullis(&["--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for (flag, var) in [
+        ("--listen", "PORTCULLIS_LISTEN"),
+        ("--config", "PORTCULLIS_CONFIG"),
+        ("--redis-url", "PORTCULLIS_REDIS_URL"),
+        ("--redis-cluster", "PORTCULLIS_REDIS_CLUSTER"),
+        ("--envoy-config", "PORTCULLIS_ENVOY_CONFIG"),
+        ("--default-limit", "PORTCULLIS_DEFAULT_LIMIT"),
+        ("--fail-mode", "PORTCULLIS_FAIL_MODE"),
+        ("--store-timeout", "PORTCULLIS_STORE_TIMEOUT"),
+    ] {
+        assert!(help.contains(flag), "{flag} missing from --help");
+        assert!(help.contains(var), "{var} missing from --help");
+    }
+}
+
+#[test]
+fn invalid_settings_exit_2_naming_the_setting() {
+    let out = portcullis(&["--default-limit", "sixty"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("--default-limit"), "{err}");
+
+    let out = portcullis(&[
+        "--redis-url",
+        "redis://:s3cr3t-pass@h",
+        "--redis-cluster",
+        "redis://h",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        !err.contains("s3cr3t-pass"),
+        "secrets are never printed: {err}"
+    );
+}
