@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+use ::redis::cluster_routing::Slot;
 use futures::future::join_all;
 use portcullis_client::{ClientError, envoy, pb};
+use portcullis_server::ratelimit::keys::envoy_key;
 use portcullis_tests::server::{Backend, TestServer, unique};
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -339,8 +341,13 @@ const OVER: i32 = envoy::rls::rate_limit_response::Code::OverLimit as i32;
 
 async fn envoy_descriptors_are_all_or_nothing(backend: Backend) {
     let (s, _dir) = server_with_envoy(backend).await;
-    // Different first entries: on a Cluster these usually live on different slots.
-    let (c1, c2) = (unique("c1"), unique("c2"));
+    // Different first entries on different Cluster slots, so the Cluster path decides per
+    // slot and must give back what the allowed slot took.
+    let slot = |client: &str| Slot::for_key(envoy_key("suite", [("client", client)]));
+    let c1 = unique("c1");
+    let c2 = std::iter::repeat_with(|| unique("c2"))
+        .find(|c2| slot(c2) != slot(&c1))
+        .unwrap();
     let a = || descriptor(&[("client", &c1)]);
     let b = || descriptor(&[("client", &c2), ("path", "/p")]);
     for remaining in [(2, 1), (1, 0)] {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use portcullis_client::{PortcullisClient, pb};
+use portcullis_client::{PortcullisClient, envoy, pb};
 use portcullis_tests::harness::{PortcullisProcess, RedisCluster, RedisServer};
 use portcullis_tests::server::unique;
 
@@ -108,6 +108,14 @@ async fn redis_outage_is_answered_by_fail_mode_and_heals() {
         .await
         .unwrap();
     let url = redis.url();
+    let envoy_dir = tempfile::tempdir().unwrap();
+    let envoy_path = envoy_dir.path().join("edge.yaml");
+    std::fs::write(
+        &envoy_path,
+        "domain: edge\ndescriptors:\n  - key: ip\n    rate_limit: { unit: minute, requests_per_unit: 100 }\n",
+    )
+    .unwrap();
+    let envoy_path = envoy_path.to_str().unwrap().to_owned();
     let (closed, open) = tokio::task::spawn_blocking(move || {
         let closed = PortcullisProcess::spawn(
             &[
@@ -117,6 +125,8 @@ async fn redis_outage_is_answered_by_fail_mode_and_heals() {
                 "closed",
                 "--store-timeout",
                 "100ms",
+                "--envoy-config",
+                &envoy_path,
             ],
             &[],
         );
@@ -163,6 +173,24 @@ async fn redis_outage_is_answered_by_fail_mode_and_heals() {
         let o = open_client.check(&tenant, "", "", 1).await.unwrap();
         assert!(o.degraded && o.allowed);
     }
+    // Envoy's default fail mode: UNAVAILABLE, so Envoy's own failure_mode_deny decides.
+    let envoy_status = closed_client
+        .envoy()
+        .should_rate_limit(envoy::rls::RateLimitRequest {
+            domain: "edge".into(),
+            descriptors: vec![envoy::common::RateLimitDescriptor {
+                entries: vec![envoy::common::rate_limit_descriptor::Entry {
+                    key: "ip".into(),
+                    value: "10.1.2.3".into(),
+                }],
+                limit: None,
+                hits_addend: None,
+            }],
+            hits_addend: 1,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(envoy_status.code(), tonic::Code::Unavailable);
 
     let redis = tokio::task::spawn_blocking(move || {
         redis.restart();
@@ -192,4 +220,55 @@ async fn redis_outage_is_answered_by_fail_mode_and_heals() {
     );
     assert!(log.contains("rate limit store recovered"), "{log}");
     drop(redis);
+}
+
+/// A limit set through one replica is applied by another within a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtime_limits_reach_every_replica_within_a_second() {
+    const TOKEN: &str = "replica-admin-token-91b2c7";
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        let env = [("PORTCULLIS_ADMIN_TOKEN", TOKEN)];
+        (
+            PortcullisProcess::spawn(&["--redis-url", &url], &env),
+            PortcullisProcess::spawn(&["--redis-url", &url], &env),
+        )
+    })
+    .await
+    .unwrap();
+    let admin = client(&a).await.with_admin_token(TOKEN).unwrap();
+    let other = client(&b).await;
+    let tenant = unique("propagate");
+    assert_eq!(
+        other.check(&tenant, "", "", 1).await.unwrap().limit,
+        60,
+        "default before"
+    );
+    admin
+        .set_tenant_limit(&tenant, "", 2, Duration::from_secs(3600), 0)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let r = other.check(&tenant, "", "", 1).await.unwrap();
+    assert_eq!(r.limit, 2, "replica b applies the runtime limit");
+    assert_eq!(r.policy.unwrap().source, pb::PolicySource::Runtime as i32);
+    assert!(
+        other.check(&tenant, "", "", 1).await.unwrap().allowed,
+        "2 of 2"
+    );
+    assert!(
+        !other.check(&tenant, "", "", 1).await.unwrap().allowed,
+        "3 of 2"
+    );
+
+    assert!(admin.delete_tenant_limit(&tenant, "").await.unwrap());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        other.check(&tenant, "", "", 1).await.unwrap().limit,
+        60,
+        "default again"
+    );
 }

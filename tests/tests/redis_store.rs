@@ -1,0 +1,97 @@
+//! What only a Redis store shows: counters expire when idle, over-limit keys stop reaching
+//! Redis (local deny cache), and a flushed script cache is reloaded (NOSCRIPT).
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::time::Duration;
+
+use portcullis_server::ratelimit::keys::check_key;
+use portcullis_tests::harness::RedisServer;
+use portcullis_tests::server::{Backend, TestServer, unique};
+
+/// A server on a Redis of its own, so Redis's command counters are this test's alone.
+async fn server_on_own_redis() -> (TestServer, RedisServer) {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    // Memory adds no store flags; --redis-url then picks this Redis.
+    let server = TestServer::start(Backend::Memory, &["--redis-url", &url]).await;
+    (server, redis)
+}
+
+fn evalsha_calls(redis: &RedisServer) -> u64 {
+    let stats = redis.cli(&["INFO", "commandstats"]);
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_expire_when_their_limit_is_full_again() {
+    let (s, redis) = server_on_own_redis().await;
+    let tenant = unique("ttl");
+    // 5 per 10 s: one unit is 2 s, so after one request the key is idle again in 2 s.
+    s.client
+        .set_tenant_limit(&tenant, "", 5, Duration::from_secs(10), 0)
+        .await
+        .unwrap();
+    s.client.check(&tenant, "api", "u", 1).await.unwrap();
+    let key = check_key(&tenant, "api", "u");
+    let ttl: i64 = redis.cli(&["PTTL", &key]).parse().unwrap();
+    assert!((1..=2_000).contains(&ttl), "PTTL {ttl}");
+    s.client.check(&tenant, "api", "u", 2).await.unwrap();
+    let ttl: i64 = redis.cli(&["PTTL", &key]).parse().unwrap();
+    assert!((4_000..=6_000).contains(&ttl), "PTTL after 3 units {ttl}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_limit_keys_are_answered_without_redis() {
+    let (s, redis) = server_on_own_redis().await;
+    let tenant = unique("abuser");
+    s.client
+        .set_tenant_limit(&tenant, "", 2, Duration::from_secs(3600), 0)
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        assert!(s.client.check(&tenant, "", "", 1).await.unwrap().allowed);
+    }
+    let first_denial = s.client.check(&tenant, "", "", 1).await.unwrap();
+    assert!(!first_denial.allowed);
+    let before = evalsha_calls(&redis);
+    for _ in 0..50 {
+        let r = s.client.check(&tenant, "", "", 1).await.unwrap();
+        assert!(!r.allowed);
+        assert!(r.retry_after.is_some());
+    }
+    assert_eq!(
+        evalsha_calls(&redis),
+        before,
+        "denials came from the local cache"
+    );
+    // Another key of the same tenant still goes to Redis.
+    assert!(
+        s.client
+            .check(&tenant, "", "someone-else", 1)
+            .await
+            .unwrap()
+            .allowed
+    );
+    assert_eq!(evalsha_calls(&redis), before + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_cache_is_reloaded() {
+    let (s, redis) = server_on_own_redis().await;
+    let tenant = unique("noscript");
+    assert!(s.client.check(&tenant, "", "", 1).await.unwrap().allowed);
+    assert_eq!(redis.cli(&["SCRIPT", "FLUSH"]), "OK");
+    let r = s.client.check(&tenant, "", "", 1).await.unwrap();
+    assert!(r.allowed && !r.degraded);
+    assert_eq!(
+        r.remaining, 58,
+        "the counter kept counting across the reload"
+    );
+}
