@@ -468,6 +468,55 @@ async fn envoy_overrides_and_hits_addend(backend: Backend) {
     );
 }
 
+async fn envoy_invalid_input_names_the_field(backend: Backend) {
+    let (s, _dir) = server_with_envoy(backend).await;
+    let long_path = format!("/{}", "p".repeat(4095));
+    let r = should_rate_limit(
+        &s,
+        vec![descriptor(&[
+            ("client", &unique("long")),
+            ("path", &long_path),
+        ])],
+    )
+    .await;
+    assert_eq!(r.overall_code, OK, "values up to 4 KiB are accepted");
+    let too_long = format!("{long_path}x");
+    let cases = [
+        (
+            vec![
+                descriptor(&[("client", "a")]),
+                descriptor(&[("path", &too_long)]),
+            ],
+            "descriptors[1].entries[0].value",
+        ),
+        (
+            vec![descriptor(&[("client", "a"), ("", "x")])],
+            "descriptors[0].entries[1].key",
+        ),
+        (
+            vec![descriptor(&[("cli\u{1b}ent", "a")])],
+            "descriptors[0].entries[0].key",
+        ),
+    ];
+    for (descriptors, field) in cases {
+        let status = s
+            .client
+            .envoy()
+            .should_rate_limit(envoy::rls::RateLimitRequest {
+                domain: "suite".into(),
+                descriptors,
+                hits_addend: 0,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(
+            status.get_details_bad_request().unwrap().field_violations[0].field,
+            field
+        );
+    }
+}
+
 macro_rules! on_every_store {
     ($($case:ident),* $(,)?) => {
         mod memory {
@@ -498,4 +547,5 @@ on_every_store!(
     envoy_descriptors_are_all_or_nothing,
     envoy_shadow_unlimited_unknown_and_blocked,
     envoy_overrides_and_hits_addend,
+    envoy_invalid_input_names_the_field,
 );

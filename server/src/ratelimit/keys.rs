@@ -12,6 +12,10 @@ use std::fmt::Write as _;
 /// Longest accepted identifier, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
+/// Longest accepted Envoy descriptor value, in bytes: values are often request headers such as
+/// `:path` with a query string, longer than an id.
+pub const MAX_ENVOY_VALUE_LEN: usize = 4096;
+
 /// The resource used when a request names none.
 pub const DEFAULT_RESOURCE: &str = "default";
 
@@ -22,29 +26,33 @@ pub struct InvalidId {
     /// The request field, e.g. `tenant_id` or `descriptors[1].entries[0].value`.
     pub field: String,
     /// What is wrong.
-    pub reason: &'static str,
+    pub reason: String,
 }
 
-/// Checks an identifier: at most [`MAX_ID_LEN`] bytes, no control characters, and non-empty
-/// when `required`.
-pub fn validate_id(
-    field: impl Into<String> + AsRef<str>,
-    value: &str,
-    required: bool,
-) -> Result<(), InvalidId> {
-    let reason = if required && value.is_empty() {
-        "is required"
-    } else if value.len() > MAX_ID_LEN {
-        "is longer than 256 bytes"
+/// Why `value` is not acceptable (at most `max_len` bytes, no control characters, non-empty
+/// when `required`), or `None` when it is. Cheap enough for the hot path: callers build a
+/// field name only when there is an error to report.
+pub fn id_problem(value: &str, required: bool, max_len: usize) -> Option<String> {
+    if required && value.is_empty() {
+        Some("is required".into())
+    } else if value.len() > max_len {
+        Some(format!("is longer than {max_len} bytes"))
     } else if value.chars().any(char::is_control) {
-        "contains a control character"
+        Some("contains a control character".into())
     } else {
-        return Ok(());
-    };
-    Err(InvalidId {
-        field: field.into(),
-        reason,
-    })
+        None
+    }
+}
+
+/// Checks an identifier field of at most [`MAX_ID_LEN`] bytes.
+pub fn validate_id(field: &str, value: &str, required: bool) -> Result<(), InvalidId> {
+    match id_problem(value, required, MAX_ID_LEN) {
+        None => Ok(()),
+        Some(reason) => Err(InvalidId {
+            field: field.to_owned(),
+            reason,
+        }),
+    }
 }
 
 /// Appends `part` with the characters that structure a key percent-escaped.
@@ -142,7 +150,10 @@ mod tests {
         assert!(validate_id("tenant_id", "acme", true).is_ok());
         assert!(validate_id("key", "", false).is_ok());
         let e = validate_id("tenant_id", "", true).unwrap_err();
-        assert_eq!((e.field.as_str(), e.reason), ("tenant_id", "is required"));
+        assert_eq!(
+            (e.field.as_str(), e.reason.as_str()),
+            ("tenant_id", "is required")
+        );
         let e = validate_id("key", &"x".repeat(257), false).unwrap_err();
         assert_eq!(e.reason, "is longer than 256 bytes");
         assert!(validate_id("key", &"x".repeat(256), false).is_ok());

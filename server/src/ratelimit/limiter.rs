@@ -81,7 +81,7 @@ impl From<InvalidId> for RateLimitError {
     fn from(e: InvalidId) -> Self {
         Self::InvalidArgument {
             field: e.field,
-            reason: e.reason.to_owned(),
+            reason: e.reason,
         }
     }
 }
@@ -297,8 +297,7 @@ impl<S: RateLimitStore> Limiter<S> {
         tenant: &str,
         resource: &str,
     ) -> Result<AppliedPolicy, RateLimitError> {
-        keys::validate_id("tenant_id", tenant, true)?;
-        keys::validate_id("resource", resource, false)?;
+        validate_target(tenant, resource)?;
         Ok(self
             .policies
             .load()
@@ -312,8 +311,7 @@ impl<S: RateLimitStore> Limiter<S> {
         resource: &str,
         limit: Limit,
     ) -> Result<AppliedPolicy, RateLimitError> {
-        keys::validate_id("tenant_id", tenant, true)?;
-        keys::validate_id("resource", resource, false)?;
+        validate_target(tenant, resource)?;
         let policy = PolicyOverride {
             tenant: tenant.to_owned(),
             resource: (!resource.is_empty()).then(|| resource.to_owned()),
@@ -333,8 +331,7 @@ impl<S: RateLimitStore> Limiter<S> {
         tenant: &str,
         resource: &str,
     ) -> Result<bool, RateLimitError> {
-        keys::validate_id("tenant_id", tenant, true)?;
-        keys::validate_id("resource", resource, false)?;
+        validate_target(tenant, resource)?;
         let resource = (!resource.is_empty()).then_some(resource);
         let deleted = self
             .with_timeout(self.store.delete_override(tenant, resource))
@@ -345,8 +342,7 @@ impl<S: RateLimitStore> Limiter<S> {
 
     /// Decides a `Check`.
     pub async fn check(&self, input: CheckInput<'_>) -> Result<CheckDecision, RateLimitError> {
-        keys::validate_id("tenant_id", input.tenant, true)?;
-        keys::validate_id("resource", input.resource, false)?;
+        validate_target(input.tenant, input.resource)?;
         keys::validate_id("key", input.key, false)?;
         let resource = normalise_resource(input.resource);
         let cost = u64::from(input.cost.max(1));
@@ -471,8 +467,18 @@ impl<S: RateLimitStore> Limiter<S> {
         let mut batch: Vec<LimitRequest> = Vec::new();
         for (i, d) in request.descriptors.iter().enumerate() {
             for (j, (k, v)) in d.entries.iter().enumerate() {
-                keys::validate_id(format!("descriptors[{i}].entries[{j}].key"), k, true)?;
-                keys::validate_id(format!("descriptors[{i}].entries[{j}].value"), v, false)?;
+                let problem = keys::id_problem(k, true, keys::MAX_ID_LEN)
+                    .map(|reason| ("key", reason))
+                    .or_else(|| {
+                        keys::id_problem(v, false, keys::MAX_ENVOY_VALUE_LEN)
+                            .map(|reason| ("value", reason))
+                    });
+                if let Some((part, reason)) = problem {
+                    return Err(RateLimitError::InvalidArgument {
+                        field: format!("descriptors[{i}].entries[{j}].{part}"),
+                        reason,
+                    });
+                }
             }
             let entries: Vec<(&str, &str)> = d
                 .entries
@@ -712,6 +718,12 @@ fn envoy_headers(
         retry_after: retry_after.filter(|_| status.over_limit),
         now_unix_us: outcome.now_us,
     })
+}
+
+/// Validates the (tenant, resource) a request or an admin call addresses.
+fn validate_target(tenant: &str, resource: &str) -> Result<(), InvalidId> {
+    keys::validate_id("tenant_id", tenant, true)?;
+    keys::validate_id("resource", resource, false)
 }
 
 fn normalise_resource(resource: &str) -> &str {
