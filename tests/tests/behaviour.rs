@@ -156,26 +156,23 @@ async fn tenants_resources_and_keys_are_isolated(backend: Backend) {
     }
     assert!(s.client.check(&a, "r", "k", 1).await.unwrap().allowed);
     assert!(!s.client.check(&a, "r", "k", 1).await.unwrap().allowed);
-    assert!(
-        s.client.check(&b, "r", "k", 1).await.unwrap().allowed,
-        "other tenant"
-    );
-    assert!(
-        s.client.check(&a, "r2", "k", 1).await.unwrap().allowed,
-        "other resource"
-    );
-    assert!(
-        s.client.check(&a, "r", "k2", 1).await.unwrap().allowed,
-        "other key"
-    );
-    assert!(
-        s.client.check(&a, "r", "", 1).await.unwrap().allowed,
-        "whole-tenant counter is its own"
-    );
-    assert!(
-        s.client.check(&a, "r:k", "", 1).await.unwrap().allowed,
-        "no separator forgery"
-    );
+    let neighbours = [
+        (&b, "r", "k", "other tenant"),
+        (&a, "r2", "k", "other resource"),
+        (&a, "r", "k2", "other key"),
+        (&a, "r", "", "whole-tenant counter is its own"),
+        (&a, "r:k", "", "no separator forgery"),
+    ];
+    for (tenant, resource, key, why) in neighbours {
+        assert!(
+            s.client
+                .check(tenant, resource, key, 1)
+                .await
+                .unwrap()
+                .allowed,
+            "{why}"
+        );
+    }
     // Empty resource is "default".
     assert!(s.client.check(&a, "", "", 1).await.unwrap().allowed);
     assert!(!s.client.check(&a, "default", "", 1).await.unwrap().allowed);

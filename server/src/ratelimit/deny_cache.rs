@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use super::gcra::{KeyOutcome, Verdict};
+
 /// One remembered denial.
 #[derive(Debug, Clone, Copy)]
 struct Denial {
@@ -31,6 +33,18 @@ pub struct CachedDenial {
     pub reset_after: Duration,
     /// Units free (fewer than asked for).
     pub remaining: u64,
+}
+
+impl From<CachedDenial> for KeyOutcome {
+    fn from(hit: CachedDenial) -> Self {
+        KeyOutcome {
+            verdict: Verdict::Denied {
+                retry_after_us: hit.retry_after.as_micros() as u64,
+            },
+            remaining: hit.remaining,
+            reset_after_us: hit.reset_after.as_micros() as u64,
+        }
+    }
 }
 
 /// Bounded map of over-limit keys.

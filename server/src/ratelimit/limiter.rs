@@ -143,6 +143,34 @@ pub struct CheckDecision {
 }
 
 impl CheckDecision {
+    /// The decision a counter outcome means.
+    fn from_outcome(
+        policy: AppliedPolicy,
+        resource: &str,
+        outcome: KeyOutcome,
+        now_unix_us: u64,
+    ) -> Self {
+        let (deny_reason, retry_after) = match outcome.verdict {
+            Verdict::Allowed => (None, None),
+            Verdict::Denied { retry_after_us } => (
+                Some(DenyReason::OverLimit),
+                Some(Duration::from_micros(retry_after_us)),
+            ),
+            Verdict::CostExceedsBurst => (Some(DenyReason::CostExceedsBurst), None),
+        };
+        Self {
+            allowed: deny_reason.is_none(),
+            policy,
+            resource: resource.to_owned(),
+            remaining: outcome.remaining,
+            reset_after: Duration::from_micros(outcome.reset_after_us),
+            retry_after,
+            deny_reason,
+            degraded: false,
+            now_unix_us,
+        }
+    }
+
     /// The HTTP headers describing this decision.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         rate_limit_headers(&HeaderInput {
@@ -348,110 +376,53 @@ impl<S: RateLimitStore> Limiter<S> {
         let cost = u64::from(input.cost.max(1));
         let policy = self.policies.load().resolve(input.tenant, resource);
         let key = keys::check_key(input.tenant, resource, input.key);
-        let decision =
-            |allowed, outcome: KeyOutcome, deny_reason, retry_after, degraded, now_unix_us| {
-                CheckDecision {
-                    allowed,
-                    policy,
-                    resource: resource.to_owned(),
-                    remaining: outcome.remaining,
-                    reset_after: Duration::from_micros(outcome.reset_after_us),
-                    retry_after,
-                    deny_reason,
-                    degraded,
-                    now_unix_us,
-                }
-            };
+        let decision = |outcome: KeyOutcome, now_unix_us| {
+            CheckDecision::from_outcome(policy, resource, outcome, now_unix_us)
+        };
 
         let sent_at = Instant::now();
-        if let Some(hit) = self
+        let cached = self
             .deny_cache
             .as_ref()
-            .and_then(|c| c.lookup(&key, cost, sent_at))
-        {
-            let outcome = KeyOutcome {
-                verdict: Verdict::Denied { retry_after_us: 0 },
-                remaining: hit.remaining,
-                reset_after_us: hit.reset_after.as_micros() as u64,
-            };
-            return Ok(decision(
-                false,
-                outcome,
-                Some(DenyReason::OverLimit),
-                Some(hit.retry_after),
-                false,
-                unix_now_us(),
-            ));
+            .and_then(|c| c.lookup(&key, cost, sent_at));
+        if let Some(hit) = cached {
+            return Ok(decision(hit.into(), unix_now_us()));
         }
-
         let batch = [LimitRequest {
             key,
             gcra: policy.limit.gcra(),
             cost,
             enforced: true,
         }];
-        let outcome = match self.decide(&batch).await {
-            Ok(o) => o,
+        match self.decide(&batch).await {
+            Ok(outcome) => {
+                self.remember_denials(&batch, &outcome, sent_at);
+                let [key_outcome] = outcome.keys[..] else {
+                    return Err(RateLimitError::Store(StoreError::permanent(
+                        "store answered for a different number of limits",
+                    )));
+                };
+                Ok(decision(key_outcome, outcome.now_us))
+            }
             Err(e) => {
                 let allowed = match self.settings.check_fail_mode {
                     FailMode::Open => true,
                     FailMode::Closed => false,
                     FailMode::Unavailable => return Err(e),
                 };
-                let outcome = KeyOutcome {
+                let nothing_known = KeyOutcome {
                     verdict: Verdict::Allowed,
                     remaining: 0,
                     reset_after_us: 0,
                 };
-                let reason = (!allowed).then_some(DenyReason::StoreUnavailable);
-                return Ok(decision(
+                Ok(CheckDecision {
                     allowed,
-                    outcome,
-                    reason,
-                    None,
-                    true,
-                    unix_now_us(),
-                ));
+                    deny_reason: (!allowed).then_some(DenyReason::StoreUnavailable),
+                    degraded: true,
+                    ..decision(nothing_known, unix_now_us())
+                })
             }
-        };
-        let [key_outcome] = outcome.keys[..] else {
-            return Err(RateLimitError::Store(StoreError::permanent(
-                "store answered for a different number of limits",
-            )));
-        };
-        Ok(match key_outcome.verdict {
-            Verdict::Allowed => decision(true, key_outcome, None, None, false, outcome.now_us),
-            Verdict::Denied { retry_after_us } => {
-                let retry_after = Duration::from_micros(retry_after_us);
-                if let Some(cache) = &self.deny_cache {
-                    let [LimitRequest { key, .. }] = &batch;
-                    cache.remember(
-                        key,
-                        cost,
-                        sent_at,
-                        retry_after,
-                        Duration::from_micros(key_outcome.reset_after_us),
-                        key_outcome.remaining,
-                    );
-                }
-                decision(
-                    false,
-                    key_outcome,
-                    Some(DenyReason::OverLimit),
-                    Some(retry_after),
-                    false,
-                    outcome.now_us,
-                )
-            }
-            Verdict::CostExceedsBurst => decision(
-                false,
-                key_outcome,
-                Some(DenyReason::CostExceedsBurst),
-                None,
-                false,
-                outcome.now_us,
-            ),
-        })
+        }
     }
 
     /// Decides an Envoy `ShouldRateLimit` request: all descriptors together, all or nothing.
@@ -588,15 +559,7 @@ impl<S: RateLimitStore> Limiter<S> {
         }
         let keys = batch
             .iter()
-            .map(|r| {
-                cache.lookup(&r.key, r.cost, now).map(|hit| KeyOutcome {
-                    verdict: Verdict::Denied {
-                        retry_after_us: hit.retry_after.as_micros() as u64,
-                    },
-                    remaining: hit.remaining,
-                    reset_after_us: hit.reset_after.as_micros() as u64,
-                })
-            })
+            .map(|r| cache.lookup(&r.key, r.cost, now).map(KeyOutcome::from))
             .collect::<Option<Vec<_>>>()?;
         Some(BatchOutcome {
             now_us: unix_now_us(),
