@@ -53,3 +53,19 @@ fn invalid_settings_exit_2_naming_the_setting() {
         "secrets are never printed: {err}"
     );
 }
+
+#[test]
+fn redis_errors_never_show_the_password() {
+    for args in [
+        ["--redis-url", "redis://:hunter2secret@bad host:notaport/x"],
+        ["--redis-cluster", "redis://:hunter2secret@127.0.0.1:1"],
+    ] {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend(args);
+        let out = portcullis(&all);
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8(out.stderr).unwrap();
+        assert!(err.contains("Redis"), "says what failed: {err}");
+        assert!(!err.contains("hunter2secret"), "{err}");
+    }
+}
