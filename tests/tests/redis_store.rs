@@ -95,3 +95,38 @@ async fn a_flushed_script_cache_is_reloaded() {
         "the counter kept counting across the reload"
     );
 }
+
+/// A Redis that stops answering (CLIENT PAUSE holds every command) is treated like a dead
+/// one: each call is decided by the fail mode close to the store timeout, never left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_is_answered_by_the_fail_mode() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let s = TestServer::start(
+        Backend::Memory,
+        &["--redis-url", &url, "--store-timeout", "100ms"],
+    )
+    .await;
+    let tenant = unique("slow");
+    assert!(!s.client.check(&tenant, "", "", 1).await.unwrap().degraded);
+
+    assert_eq!(redis.cli(&["CLIENT", "PAUSE", "3000", "ALL"]), "OK");
+    let started = std::time::Instant::now();
+    let r = s.client.check(&tenant, "", "", 1).await.unwrap();
+    let waited = started.elapsed();
+    assert!(r.degraded && !r.allowed, "{r:?}");
+    // Well under the 3 s pause: the caller got the fail-mode answer, not Redis's.
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+
+    assert_eq!(redis.cli(&["CLIENT", "UNPAUSE"]), "OK");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while s.client.check(&tenant, "", "", 1).await.unwrap().degraded {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded after unpause"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

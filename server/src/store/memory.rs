@@ -4,6 +4,9 @@
 //! wait on each other in a cycle), decides all its keys, and commits all or nothing, the same
 //! guarantee the Redis script gives. Idle keys (TAT in the past, which is the same as absent)
 //! are swept out so memory follows the keys active within their tolerance, not all keys ever seen.
+//!
+//! The shards are plain `Mutex<HashMap>`s rather than a `DashMap` because a batch must hold
+//! several shards at once in a fixed order, which dashmap's public API does not offer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
