@@ -4,6 +4,11 @@ use std::process::ExitCode;
 
 use portcullis_server::config::{Config, ConfigError, ProcessEnv};
 
+/// mimalloc: the request path allocates many small short-lived buffers (HTTP/2 frames, protobuf
+/// messages, Redis commands), where glibc's malloc showed up as about a sixth of CPU samples.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = match Config::load(std::env::args_os(), &ProcessEnv) {
