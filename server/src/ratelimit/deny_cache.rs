@@ -3,7 +3,8 @@
 //! A denial for cost `c` with retry time `r` means no request of cost ≥ `c` can fit before `r`
 //! (a counter only moves back by time passing). The cache therefore answers such requests
 //! locally until `r`, measured from when the store call was *sent*, so the local deadline
-//! ends no later than the true one. It can only err on the side of asking the store again.
+//! ends no later than the true one. The one exception errs towards denying: on a Cluster, a
+//! cross-slot refund (see `store::redis`) can end a denial before the cached deadline.
 
 use std::time::{Duration, Instant};
 
