@@ -14,8 +14,11 @@ use std::time::Duration;
 use portcullis_proto::{envoy, pb};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
 
 use crate::config::{Config, StoreConfig};
 use crate::grpc::admin::{AdminApi, AdminAuth};
@@ -39,6 +42,19 @@ pub enum RunError {
     /// Reflection could not load the descriptors (a build problem).
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Reports `status` for every Portcullis service and for the server as a whole ("").
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    let services = [
+        "",
+        <pb::rate_limit_service_server::RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
+        <envoy::rls::rate_limit_service_server::RateLimitServiceServer<EnvoyApi> as NamedService>::NAME,
+        <pb::admin_service_server::AdminServiceServer<AdminApi> as NamedService>::NAME,
+    ];
+    for service in services {
+        health.set_service_status(service, status).await;
+    }
 }
 
 /// Opens the store the config names.
@@ -87,15 +103,7 @@ pub async fn run(
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::rate_limit_service_server::RateLimitServiceServer<RateLimitApi>>()
-        .await;
-    health
-        .set_serving::<envoy::rls::rate_limit_service_server::RateLimitServiceServer<EnvoyApi>>()
-        .await;
-    health
-        .set_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>()
-        .await;
+    set_health(&health, ServingStatus::Serving).await;
     let reflection_sets = [
         portcullis_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -142,9 +150,7 @@ pub async fn run(
         r = &mut server => r.map_err(RunError::from),
         () = shutdown => {
             tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
-            health.set_not_serving::<pb::rate_limit_service_server::RateLimitServiceServer<RateLimitApi>>().await;
-            health.set_not_serving::<envoy::rls::rate_limit_service_server::RateLimitServiceServer<EnvoyApi>>().await;
-            health.set_not_serving::<pb::admin_service_server::AdminServiceServer<AdminApi>>().await;
+            set_health(&health, ServingStatus::NotServing).await;
             let _ = drain_tx.send(());
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(r) => r.map_err(RunError::from),
