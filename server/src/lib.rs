@@ -90,17 +90,13 @@ pub async fn run(
     if let Err(e) = limiter.refresh_policies().await {
         tracing::warn!(error = %e, "runtime limit overrides not loaded yet; will retry");
     }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
-    let refresher = tokio::spawn(
-        limiter
-            .clone()
-            .refresh_policies_every(config.policy_refresh, {
-                let mut stop_rx = stop_rx.clone();
-                async move {
-                    let _ = stop_rx.changed().await;
-                }
-            }),
-    );
+    let (stop_refresh, refresh_stopped) = tokio::sync::oneshot::channel::<()>();
+    let refresher = tokio::spawn(limiter.clone().refresh_policies_every(
+        config.policy_refresh,
+        async {
+            let _ = refresh_stopped.await;
+        },
+    ));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -161,7 +157,7 @@ pub async fn run(
             }
         }
     };
-    let _ = stop_tx.send(());
+    let _ = stop_refresh.send(());
     let _ = refresher.await;
     result
 }
