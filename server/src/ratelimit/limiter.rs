@@ -195,10 +195,15 @@ struct Incident {
 }
 
 impl Incident {
-    fn failure(&self, error: &StoreError, mode: FailMode) {
+    fn failure(&self, error: &StoreError, settings: &LimiterSettings) {
         self.failures.fetch_add(1, Ordering::Relaxed);
         if !self.open.swap(true, Ordering::AcqRel) {
-            tracing::warn!(error = %error, fail_mode = ?mode, "rate limit store unavailable; deciding by fail mode until it recovers");
+            tracing::warn!(
+                error = %error,
+                check_fail_mode = ?settings.check_fail_mode,
+                envoy_fail_mode = ?settings.envoy_fail_mode,
+                "rate limit store unavailable; deciding by fail mode until it recovers"
+            );
         }
     }
 
@@ -635,7 +640,7 @@ impl<S: RateLimitStore> Limiter<S> {
                 Ok(v)
             }
             Err(e) if e.transient => {
-                self.incident.failure(&e, self.settings.check_fail_mode);
+                self.incident.failure(&e, &self.settings);
                 Err(RateLimitError::StoreUnavailable(e))
             }
             Err(e) => {
