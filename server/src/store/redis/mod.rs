@@ -309,6 +309,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn one_tenant_shares_a_slot_and_tenants_spread_over_the_cluster() {
+        use crate::ratelimit::keys::{check_key, envoy_key};
+        let slot = |k: String| Slot::for_key(k.as_bytes());
+        let acme = slot(check_key("acme", "default", ""));
+        assert_eq!(slot(check_key("acme", "search", "user-1")), acme);
+        assert_eq!(slot(check_key("acme", "upload", "user-2")), acme);
+        let slots: std::collections::HashSet<_> = (0..200)
+            .map(|i| slot(check_key(&format!("tenant-{i}"), "default", "")))
+            .collect();
+        assert!(
+            slots.len() > 150,
+            "200 tenants on only {} slots",
+            slots.len()
+        );
+        let edge: std::collections::HashSet<_> = (0..200)
+            .map(|i| slot(envoy_key("edge", [("ip", format!("10.0.0.{i}").as_str())])))
+            .collect();
+        assert!(
+            edge.len() > 150,
+            "one Envoy domain on only {} slots",
+            edge.len()
+        );
+    }
+
+    #[test]
     fn decision_reply_is_decoded_per_limit() {
         let reply = [
             1_700_000_000_000_000,
