@@ -3,6 +3,7 @@
 //! The binary is a thin wrapper over [`run`], which serves on a given listener until a given
 //! shutdown future resolves, so tests run the real server in-process on `127.0.0.1:0`.
 
+pub mod auth;
 pub mod config;
 pub mod grpc;
 pub mod ratelimit;

@@ -1,0 +1,912 @@
+//! Signing and verifying keys: loaded from the environment or a key-set file, reloaded on change.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use jsonwebtoken::{DecodingKey, EncodingKey};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for at least the hash size (256 bits).
+pub const MIN_HS256_SECRET_LEN: usize = 32;
+/// Variable holding the HS256 secret that signs (the platform's dual-key convention).
+pub const ENV_SECRET: &str = "JWT_SECRET_KEY";
+/// Variable holding the previous HS256 secret, still accepted while a rotation is under way.
+pub const ENV_SECRET_OLD: &str = "JWT_SECRET_KEY_OLD";
+/// Suffix of the variable that names a file holding the value instead (`JWT_SECRET_KEY_FILE`).
+pub const ENV_FILE_SUFFIX: &str = "_FILE";
+
+/// Key material is small; a bigger file is a mistake and is not read whole.
+const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
+/// A kid is an identifier echoed into JWKS and logs, not a place for data.
+const MAX_KID_LEN: usize = 128;
+/// Hashed in front of an environment secret to derive its kid, so that the published kid is not
+/// a bare SHA-256 of the secret that could be matched against other systems' fingerprints.
+const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
+/// Floor for the reload poll period: `tokio::time::interval` panics on zero.
+const MIN_POLL: Duration = Duration::from_millis(10);
+const FIELDS: &str =
+    "kid, algorithm, state, secret, secret_file, private_key_file, public_key_file";
+
+/// Why keys could not be loaded. Messages name the source, the kid and the field; they never
+/// contain key material.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyRingError {
+    /// A key or a key set is unusable.
+    #[error("{context}: {problem}")]
+    Invalid {
+        /// Where: file or variable, kid, field.
+        context: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// A file could not be read.
+    #[error("{context}: cannot read {}: {source}", path.display())]
+    Io {
+        /// Where the file was named.
+        context: String,
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The operating system's random source failed.
+    #[error("the OS random number generator failed: {0}")]
+    Random(getrandom::Error),
+}
+
+fn invalid(context: impl Into<String>, problem: impl Into<String>) -> KeyRingError {
+    KeyRingError::Invalid {
+        context: context.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The JWS algorithm a key is pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyAlgorithm {
+    /// HMAC-SHA-256 with a shared secret; never published.
+    Hs256,
+    /// Ed25519 signatures; the public half is published in the JWKS.
+    EdDsa,
+}
+
+impl KeyAlgorithm {
+    /// The JOSE name, as it appears in a token's `alg` header.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Hs256 => "HS256",
+            Self::EdDsa => "EdDSA",
+        }
+    }
+
+    pub(super) const fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::Hs256 => jsonwebtoken::Algorithm::HS256,
+            Self::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+        }
+    }
+}
+
+impl fmt::Display for KeyAlgorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyState {
+    /// Signs new tokens (and verifies); exactly one per ring.
+    Active,
+    /// Only verifies: a key being introduced or retired.
+    VerifyOnly,
+}
+
+/// One key of a ring. Verify-only keys keep no private material at all.
+pub struct Key {
+    kid: String,
+    algorithm: KeyAlgorithm,
+    state: KeyState,
+    /// jsonwebtoken's keys wipe their bytes on drop.
+    signer: Option<EncodingKey>,
+    verifier: DecodingKey,
+    ed25519_public: Option<[u8; 32]>,
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Key")
+            .field("kid", &self.kid)
+            .field("algorithm", &self.algorithm)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    /// An HS256 key. Refuses secrets shorter than [`MIN_HS256_SECRET_LEN`] bytes.
+    pub fn hs256(
+        kid: impl Into<String>,
+        secret: &[u8],
+        state: KeyState,
+    ) -> Result<Self, KeyRingError> {
+        let kid = kid.into();
+        let context = format!("key {kid:?}");
+        check_kid(&kid).map_err(|p| invalid(&context, p))?;
+        build_hs256(kid, secret, state).map_err(|p| invalid(context, p))
+    }
+
+    /// An Ed25519 key from a PKCS#8 PEM private key (`openssl genpkey -algorithm ed25519`).
+    pub fn ed25519_from_pkcs8_pem(
+        kid: impl Into<String>,
+        pem: &str,
+        state: KeyState,
+    ) -> Result<Self, KeyRingError> {
+        let kid = kid.into();
+        let context = format!("key {kid:?}");
+        check_kid(&kid).map_err(|p| invalid(&context, p))?;
+        build_ed25519_private(kid, pem, state).map_err(|p| invalid(context, p))
+    }
+
+    /// A verify-only Ed25519 key from an SPKI PEM public key (`openssl pkey -pubout`).
+    pub fn ed25519_public_from_pem(
+        kid: impl Into<String>,
+        pem: &str,
+    ) -> Result<Self, KeyRingError> {
+        let kid = kid.into();
+        let context = format!("key {kid:?}");
+        check_kid(&kid).map_err(|p| invalid(&context, p))?;
+        build_ed25519_public(kid, pem).map_err(|p| invalid(context, p))
+    }
+
+    /// The key id carried in token headers.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The only algorithm this key accepts.
+    pub fn algorithm(&self) -> KeyAlgorithm {
+        self.algorithm
+    }
+
+    /// Whether it signs.
+    pub fn state(&self) -> KeyState {
+        self.state
+    }
+
+    pub(super) fn signer(&self) -> Option<&EncodingKey> {
+        self.signer.as_ref()
+    }
+
+    pub(super) fn verifier(&self) -> &DecodingKey {
+        &self.verifier
+    }
+
+    pub(super) fn ed25519_public(&self) -> Option<&[u8; 32]> {
+        self.ed25519_public.as_ref()
+    }
+}
+
+fn check_kid(kid: &str) -> Result<(), String> {
+    if kid.is_empty() || kid.len() > MAX_KID_LEN {
+        return Err(format!("kid must be 1 to {MAX_KID_LEN} characters"));
+    }
+    if !kid.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("kid must be printable ASCII without spaces".to_owned());
+    }
+    Ok(())
+}
+
+fn build_hs256(kid: String, secret: &[u8], state: KeyState) -> Result<Key, String> {
+    if secret.len() < MIN_HS256_SECRET_LEN {
+        // The length helps the operator; the secret itself never enters a message.
+        return Err(format!(
+            "HS256 secret is {} bytes; at least {MIN_HS256_SECRET_LEN} are required \
+             (make one with `openssl rand -hex 32`)",
+            secret.len()
+        ));
+    }
+    Ok(Key {
+        kid,
+        algorithm: KeyAlgorithm::Hs256,
+        state,
+        signer: (state == KeyState::Active).then(|| EncodingKey::from_secret(secret)),
+        verifier: DecodingKey::from_secret(secret),
+        ed25519_public: None,
+    })
+}
+
+fn build_ed25519_private(kid: String, pem: &str, state: KeyState) -> Result<Key, String> {
+    // SigningKey and the PKCS#8 document both wipe themselves on drop.
+    let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
+        format!("not a PKCS#8 PEM Ed25519 private key ({e}); `openssl genpkey -algorithm ed25519` makes one")
+    })?;
+    let signer = match state {
+        KeyState::Active => {
+            let der = signing
+                .to_pkcs8_der()
+                .map_err(|e| format!("cannot re-encode the Ed25519 key ({e})"))?;
+            Some(EncodingKey::from_ed_der(der.as_bytes()))
+        }
+        KeyState::VerifyOnly => None,
+    };
+    ed25519_key(kid, signing.verifying_key(), state, signer)
+}
+
+fn build_ed25519_public(kid: String, pem: &str) -> Result<Key, String> {
+    let public = VerifyingKey::from_public_key_pem(pem).map_err(|e| {
+        format!("not an SPKI PEM Ed25519 public key ({e}); `openssl pkey -pubout` makes one")
+    })?;
+    ed25519_key(kid, public, KeyState::VerifyOnly, None)
+}
+
+fn ed25519_key(
+    kid: String,
+    public: VerifyingKey,
+    state: KeyState,
+    signer: Option<EncodingKey>,
+) -> Result<Key, String> {
+    // A small-order point would accept forged signatures for many messages.
+    if public.is_weak() {
+        return Err("the Ed25519 public key is a weak (small-order) point".to_owned());
+    }
+    let raw = public.to_bytes();
+    Ok(Key {
+        kid,
+        algorithm: KeyAlgorithm::EdDsa,
+        state,
+        signer,
+        // jsonwebtoken wants the raw 32-byte public key here, not an SPKI document.
+        verifier: DecodingKey::from_ed_der(&raw),
+        ed25519_public: Some(raw),
+    })
+}
+
+/// The set of keys a replica signs and verifies with.
+pub struct KeyRing {
+    /// Held apart so that "exactly one signs" is true by construction.
+    active: Key,
+    verify_only: Vec<Key>,
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("active", &self.active)
+            .field("verify_only", &self.verify_only)
+            .finish()
+    }
+}
+
+impl KeyRing {
+    /// A ring from keys: exactly one [`KeyState::Active`], kids unique.
+    pub fn new(keys: Vec<Key>) -> Result<Self, KeyRingError> {
+        assemble(keys, "key ring")
+    }
+
+    /// The platform's dual-key convention: `JWT_SECRET_KEY` (HS256, signs) and optionally
+    /// `JWT_SECRET_KEY_OLD` (verify only), each also as `NAME_FILE` naming a file whose content
+    /// is the secret (one trailing newline trimmed). Setting both forms of one variable is an
+    /// error; an empty value counts as unset. The value is used as bytes, exactly as the Python
+    /// services use it. The kid is the first 8 bytes, in hex, of
+    /// SHA-256(`"portcullis jwt kid v1\0"` ‖ secret), so every replica derives the same one.
+    /// `Ok(None)` when neither variable is set.
+    pub fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Option<Self>, KeyRingError> {
+        let current = env_secret(env, ENV_SECRET)?;
+        let old = env_secret(env, ENV_SECRET_OLD)?;
+        let Some(current) = current else {
+            if old.is_some() {
+                return Err(invalid(
+                    format!("environment variable {ENV_SECRET_OLD}"),
+                    format!("is set but {ENV_SECRET} is not, so no key could sign"),
+                ));
+            }
+            return Ok(None);
+        };
+        let current_kid = derive_kid(&current);
+        let mut keys = vec![
+            build_hs256(current_kid.clone(), &current, KeyState::Active)
+                .map_err(|p| invalid(format!("environment variable {ENV_SECRET}"), p))?,
+        ];
+        if let Some(old) = old {
+            // Old equal to new is a harmless leftover of a rotation; keep one key.
+            if old.as_slice() != current.as_slice() {
+                let old_kid = derive_kid(&old);
+                if old_kid == current_kid {
+                    return Err(invalid(
+                        format!("environment variables {ENV_SECRET} and {ENV_SECRET_OLD}"),
+                        "the two secrets derive the same kid",
+                    ));
+                }
+                keys.push(
+                    build_hs256(old_kid, &old, KeyState::VerifyOnly).map_err(|p| {
+                        invalid(format!("environment variable {ENV_SECRET_OLD}"), p)
+                    })?,
+                );
+            }
+        }
+        assemble(keys, "environment").map(Some)
+    }
+
+    /// Loads a key-set file (TOML), a list of `[[key]]` tables:
+    ///
+    /// ```toml
+    /// [[key]]
+    /// kid = "2026-11"             # printable ASCII, no spaces, at most 128 characters, unique
+    /// algorithm = "HS256"         # "HS256" or "EdDSA": the only algorithm this key accepts
+    /// state = "active"            # "active" (signs; exactly one key) or "verify" (verifies only)
+    /// secret_file = "/run/secrets/jwt-2026-11"   # HS256: file holding the secret, >= 32 bytes,
+    ///                                            # one trailing newline trimmed
+    /// # secret = "..."            # HS256: the secret inline (discouraged: it sits in this file)
+    ///
+    /// [[key]]
+    /// kid = "ed-2026-12"
+    /// algorithm = "EdDSA"
+    /// state = "verify"
+    /// private_key_file = "ed-2026-12.pem"   # EdDSA: PKCS#8 PEM (openssl genpkey -algorithm ed25519)
+    /// # public_key_file = "old.pub.pem"     # EdDSA, verify-only keys: SPKI PEM (openssl pkey -pubout)
+    /// ```
+    ///
+    /// Relative paths are taken from the key-set file's folder. Unknown fields, a missing or
+    /// duplicate kid, and any count of active keys but one are errors; every error names the
+    /// file, the kid (or the entry number) and the field.
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Self, KeyRingError> {
+        let mut reader = StampingReader::default();
+        load_key_set(path.as_ref(), &mut reader)
+    }
+
+    /// A ring with one random 256-bit HS256 key, for a lone server with no key configured:
+    /// its tokens die with the process and no other replica accepts them.
+    pub fn generate_ephemeral() -> Result<Self, KeyRingError> {
+        let mut secret = Zeroizing::new([0u8; 32]);
+        getrandom::fill(secret.as_mut_slice()).map_err(KeyRingError::Random)?;
+        let kid = format!("ephemeral-{}", derive_kid(secret.as_slice()));
+        let key = build_hs256(kid, secret.as_slice(), KeyState::Active)
+            .map_err(|p| invalid("ephemeral key", p))?;
+        assemble(vec![key], "ephemeral key")
+    }
+
+    /// The key that signs.
+    pub fn active(&self) -> &Key {
+        &self.active
+    }
+
+    /// Every key: the active one first, then the verify-only ones in load order.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        std::iter::once(&self.active).chain(&self.verify_only)
+    }
+
+    /// The key a token's `kid` names (the kid is untrusted input: only compared).
+    pub fn get(&self, kid: &str) -> Option<&Key> {
+        self.keys().find(|k| k.kid == kid)
+    }
+}
+
+/// Checks the ring invariants; `origin` prefixes every message.
+fn assemble(keys: Vec<Key>, origin: &str) -> Result<KeyRing, KeyRingError> {
+    for (i, key) in keys.iter().enumerate() {
+        if keys.iter().take(i).any(|k| k.kid == key.kid) {
+            return Err(invalid(
+                format!("{origin}, key {:?}, field `kid`", key.kid),
+                "the kid appears more than once",
+            ));
+        }
+    }
+    let (mut active, verify_only): (Vec<Key>, Vec<Key>) =
+        keys.into_iter().partition(|k| k.state == KeyState::Active);
+    let only = active.pop();
+    match (only, active.is_empty()) {
+        (Some(key), true) if key.signer.is_some() => Ok(KeyRing {
+            active: key,
+            verify_only,
+        }),
+        (Some(key), true) => Err(invalid(
+            format!("{origin}, key {:?}, field `state`", key.kid),
+            "the active key has no private key to sign with",
+        )),
+        (None, _) => Err(invalid(
+            format!("{origin}, field `state`"),
+            "no key is active; exactly one must sign",
+        )),
+        (Some(last), false) => {
+            let kids: Vec<&str> = active
+                .iter()
+                .chain([&last])
+                .map(|k| k.kid.as_str())
+                .collect();
+            Err(invalid(
+                format!("{origin}, keys {kids:?}, field `state`"),
+                "more than one key is active; exactly one may sign",
+            ))
+        }
+    }
+}
+
+fn derive_kid(secret: &[u8]) -> String {
+    let digest = Sha256::new()
+        .chain_update(KID_DOMAIN)
+        .chain_update(secret)
+        .finalize();
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// One secret from `NAME` or `NAME_FILE`.
+fn env_secret(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+) -> Result<Option<Zeroizing<Vec<u8>>>, KeyRingError> {
+    let file_var = format!("{name}{ENV_FILE_SUFFIX}");
+    let direct = env(name).map(Zeroizing::new).filter(|v| !v.is_empty());
+    let file = env(&file_var).filter(|v| !v.is_empty());
+    match (direct, file) {
+        (Some(_), Some(_)) => Err(invalid(
+            format!("environment variables {name} and {file_var}"),
+            "both are set; set only one",
+        )),
+        (Some(mut value), None) => {
+            // Moves the buffer without copying it, so only one copy needs wiping.
+            Ok(Some(Zeroizing::new(
+                std::mem::take(&mut *value).into_bytes(),
+            )))
+        }
+        (None, Some(path)) => {
+            let path = PathBuf::from(path);
+            let context = format!("environment variable {file_var}");
+            let mut bytes = read_key_file(&path).map_err(|source| KeyRingError::Io {
+                context,
+                path,
+                source,
+            })?;
+            trim_one_newline(&mut bytes);
+            Ok(Some(bytes))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn trim_one_newline(bytes: &mut Zeroizing<Vec<u8>>) {
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+}
+
+/// Reads a small regular file into a buffer that is wiped on drop.
+fn read_key_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+    let file = File::open(path)?;
+    let meta = file.metadata()?;
+    // A FIFO or device could block or never end.
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > MAX_KEY_FILE_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "larger than 64 KiB",
+        ));
+    }
+    // Room for the whole file up front, so the buffer is not reallocated (leaving copies).
+    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+    file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut buf)?;
+    if buf.len() as u64 > MAX_KEY_FILE_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "larger than 64 KiB",
+        ));
+    }
+    Ok(buf)
+}
+
+/// What a file looked like when read: a reload happens when any of this changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    seen: Seen,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seen {
+    Read {
+        modified: Option<SystemTime>,
+        len: u64,
+        sha256: [u8; 32],
+    },
+    Failed(io::ErrorKind),
+}
+
+fn stamp_of(path: &Path) -> (Stamp, io::Result<Zeroizing<Vec<u8>>>) {
+    let read = read_key_file(path);
+    let seen = match &read {
+        Ok(bytes) => Seen::Read {
+            modified: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
+            len: bytes.len() as u64,
+            sha256: Sha256::digest(bytes.as_slice()).into(),
+        },
+        Err(e) => Seen::Failed(e.kind()),
+    };
+    let stamp = Stamp {
+        path: path.to_owned(),
+        seen,
+    };
+    (stamp, read)
+}
+
+/// Reads files and remembers a stamp of each, including those that failed, so that a reload
+/// after a failure notices when the missing or broken file appears or is fixed.
+#[derive(Debug, Default)]
+struct StampingReader {
+    stamps: Vec<Stamp>,
+}
+
+impl StampingReader {
+    fn read(&mut self, path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+        let (stamp, read) = stamp_of(path);
+        self.stamps.push(stamp);
+        read
+    }
+}
+
+/// An unknown field's name as it may be printed: a misplaced secret can end up as a key, so
+/// only short identifier-like names (far shorter than any accepted secret) are echoed.
+fn shown_name(name: &str) -> String {
+    let plain = name.len() <= 24
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if plain {
+        name.to_owned()
+    } else {
+        "<name not shown>".to_owned()
+    }
+}
+
+/// "key set FILE[, key KID | , entry #N][, field `F`]".
+fn file_context(file: &Path, key: Option<&str>, entry: usize, field: Option<&str>) -> String {
+    let mut s = format!("key set {}", file.display());
+    match key {
+        Some(kid) => s.push_str(&format!(", key {kid:?}")),
+        None if entry > 0 => s.push_str(&format!(", entry #{entry}")),
+        None => {}
+    }
+    if let Some(field) = field {
+        s.push_str(&format!(", field `{field}`"));
+    }
+    s
+}
+
+fn load_key_set(file: &Path, reader: &mut StampingReader) -> Result<KeyRing, KeyRingError> {
+    let bytes = reader.read(file).map_err(|source| KeyRingError::Io {
+        context: "key set".to_owned(),
+        path: file.to_owned(),
+        source,
+    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| invalid(file_context(file, None, 0, None), "not UTF-8 text"))?;
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
+        // Only the message and the line: toml's full rendering quotes the source line, which
+        // may hold an inline secret.
+        let line = e
+            .span()
+            .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
+        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
+        invalid(
+            file_context(file, None, 0, None),
+            format!("not valid TOML{at}: {}", e.message().trim()),
+        )
+    })?;
+    let entries = match doc.remove("key") {
+        Some(toml::Value::Array(entries)) => entries,
+        Some(_) => {
+            return Err(invalid(
+                file_context(file, None, 0, Some("key")),
+                "must be a list of [[key]] tables",
+            ));
+        }
+        None => Vec::new(),
+    };
+    if let Some(name) = doc.keys().next() {
+        return Err(invalid(
+            file_context(file, None, 0, Some(&shown_name(name))),
+            "unknown top-level field (only [[key]] tables are allowed)",
+        ));
+    }
+    if entries.is_empty() {
+        return Err(invalid(
+            file_context(file, None, 0, Some("key")),
+            "no [[key]] entries",
+        ));
+    }
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut keys = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.into_iter().enumerate() {
+        let toml::Value::Table(table) = entry else {
+            return Err(invalid(
+                file_context(file, None, i + 1, Some("key")),
+                "must be a [[key]] table",
+            ));
+        };
+        keys.push(parse_entry(table, file, i + 1, base, reader)?);
+    }
+    assemble(keys, &format!("key set {}", file.display()))
+}
+
+/// Removes `name` from `table` as a string; `None` when absent.
+fn take_string(
+    table: &mut toml::Table,
+    name: &str,
+    context: impl Fn(&str) -> String,
+) -> Result<Option<String>, KeyRingError> {
+    match table.remove(name) {
+        None => Ok(None),
+        Some(toml::Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(invalid(context(name), "must be a string")),
+    }
+}
+
+fn parse_entry(
+    mut table: toml::Table,
+    file: &Path,
+    entry: usize,
+    base: &Path,
+    reader: &mut StampingReader,
+) -> Result<Key, KeyRingError> {
+    // The kid first, so that every later message can name it.
+    let kid = take_string(&mut table, "kid", |f| {
+        file_context(file, None, entry, Some(f))
+    })?
+    .ok_or_else(|| invalid(file_context(file, None, entry, Some("kid")), "is required"))?;
+    check_kid(&kid).map_err(|p| invalid(file_context(file, None, entry, Some("kid")), p))?;
+    let ctx = |field: &str| file_context(file, Some(&kid), entry, Some(field));
+
+    let algorithm = match take_string(&mut table, "algorithm", ctx)?.as_deref() {
+        Some("HS256") => KeyAlgorithm::Hs256,
+        Some("EdDSA") => KeyAlgorithm::EdDsa,
+        Some(_) => return Err(invalid(ctx("algorithm"), "must be \"HS256\" or \"EdDSA\"")),
+        None => {
+            return Err(invalid(
+                ctx("algorithm"),
+                "is required (\"HS256\" or \"EdDSA\")",
+            ));
+        }
+    };
+    let state = match take_string(&mut table, "state", ctx)?.as_deref() {
+        Some("active") => KeyState::Active,
+        Some("verify") => KeyState::VerifyOnly,
+        Some(_) => return Err(invalid(ctx("state"), "must be \"active\" or \"verify\"")),
+        None => {
+            return Err(invalid(
+                ctx("state"),
+                "is required (\"active\" or \"verify\")",
+            ));
+        }
+    };
+    let secret = take_string(&mut table, "secret", ctx)?.map(Zeroizing::new);
+    let secret_file = take_string(&mut table, "secret_file", ctx)?;
+    let private_key_file = take_string(&mut table, "private_key_file", ctx)?;
+    let public_key_file = take_string(&mut table, "public_key_file", ctx)?;
+    if let Some(name) = table.keys().next() {
+        return Err(invalid(
+            ctx(&shown_name(name)),
+            format!("unknown field (known: {FIELDS})"),
+        ));
+    }
+
+    let mut read = |field: &str, name: &str| -> Result<Zeroizing<Vec<u8>>, KeyRingError> {
+        let path = base.join(name);
+        reader.read(&path).map_err(|source| KeyRingError::Io {
+            context: ctx(field),
+            path,
+            source,
+        })
+    };
+    match algorithm {
+        KeyAlgorithm::Hs256 => {
+            for (field, given) in [
+                ("private_key_file", private_key_file.is_some()),
+                ("public_key_file", public_key_file.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(
+                        ctx(field),
+                        "is for EdDSA keys; HS256 keys take secret_file",
+                    ));
+                }
+            }
+            let (field, material) = match (secret, secret_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        ctx("secret"),
+                        "give either `secret` or `secret_file`, not both",
+                    ));
+                }
+                (Some(mut inline), None) => {
+                    tracing::warn!(
+                        file = %file.display(),
+                        kid = %kid,
+                        "HS256 secret given inline in the key set; prefer secret_file"
+                    );
+                    (
+                        "secret",
+                        Zeroizing::new(std::mem::take(&mut *inline).into_bytes()),
+                    )
+                }
+                (None, Some(name)) => {
+                    let mut bytes = read("secret_file", &name)?;
+                    trim_one_newline(&mut bytes);
+                    ("secret_file", bytes)
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        ctx("secret_file"),
+                        "is required for an HS256 key (or `secret`)",
+                    ));
+                }
+            };
+            build_hs256(kid.clone(), &material, state).map_err(|p| invalid(ctx(field), p))
+        }
+        KeyAlgorithm::EdDsa => {
+            for (field, given) in [
+                ("secret", secret.is_some()),
+                ("secret_file", secret_file.is_some()),
+            ] {
+                if given {
+                    return Err(invalid(
+                        ctx(field),
+                        "is for HS256 keys; EdDSA keys take private_key_file",
+                    ));
+                }
+            }
+            let (field, name) = match (private_key_file, public_key_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        ctx("public_key_file"),
+                        "give either `private_key_file` or `public_key_file`, not both",
+                    ));
+                }
+                (Some(name), None) => ("private_key_file", name),
+                (None, Some(_)) if state == KeyState::Active => {
+                    return Err(invalid(
+                        ctx("public_key_file"),
+                        "an active key signs, so it needs `private_key_file`",
+                    ));
+                }
+                (None, Some(name)) => ("public_key_file", name),
+                (None, None) => {
+                    return Err(invalid(
+                        ctx("private_key_file"),
+                        "is required for an EdDSA key (verify-only keys may give `public_key_file`)",
+                    ));
+                }
+            };
+            let bytes = read(field, &name)?;
+            let pem =
+                std::str::from_utf8(&bytes).map_err(|_| invalid(ctx(field), "not PEM text"))?;
+            let built = if field == "private_key_file" {
+                build_ed25519_private(kid.clone(), pem, state)
+            } else {
+                build_ed25519_public(kid.clone(), pem)
+            };
+            built.map_err(|p| invalid(ctx(field), p))
+        }
+    }
+}
+
+/// A key ring that follows its key-set file: readers take [`current`](Self::current), a poller
+/// calls [`reload_if_changed`](Self::reload_if_changed).
+pub struct ReloadingKeyRing {
+    ring: ArcSwap<KeyRing>,
+    path: Option<PathBuf>,
+    /// The files the last load read (key set and the files it names), as they were then.
+    /// The lock also keeps two reloads from racing.
+    seen: Mutex<Vec<Stamp>>,
+}
+
+impl fmt::Debug for ReloadingKeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReloadingKeyRing")
+            .field("path", &self.path)
+            .field("ring", &*self.ring.load())
+            .finish()
+    }
+}
+
+impl ReloadingKeyRing {
+    /// Loads the key-set file at `path` (see [`KeyRing::load_file`]) and remembers it for reloads.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self, KeyRingError> {
+        let path = path.into();
+        let mut reader = StampingReader::default();
+        let ring = load_key_set(&path, &mut reader)?;
+        Ok(Self {
+            ring: ArcSwap::from_pointee(ring),
+            path: Some(path),
+            seen: Mutex::new(reader.stamps),
+        })
+    }
+
+    /// A ring that never changes (keys from the environment, or ephemeral).
+    pub fn fixed(ring: KeyRing) -> Self {
+        Self {
+            ring: ArcSwap::from_pointee(ring),
+            path: None,
+            seen: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The key-set file followed, if any.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// The ring in force now; cheap, lock-free.
+    pub fn current(&self) -> Arc<KeyRing> {
+        self.ring.load_full()
+    }
+
+    /// Reloads when the key-set file or any file it names changed (modification time, length
+    /// or SHA-256 of the content). `Ok(true)`: the new ring is in force. On error the previous
+    /// ring stays in force; the same broken state is reported once, then `Ok(false)` until a
+    /// file changes again.
+    pub fn reload_if_changed(&self) -> Result<bool, KeyRingError> {
+        let Some(path) = &self.path else {
+            return Ok(false);
+        };
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let unchanged = !seen.is_empty() && seen.iter().all(|old| stamp_of(&old.path).0 == *old);
+        if unchanged {
+            return Ok(false);
+        }
+        let mut reader = StampingReader::default();
+        let result = load_key_set(path, &mut reader);
+        *seen = reader.stamps;
+        let ring = result?;
+        self.ring.store(Arc::new(ring));
+        Ok(true)
+    }
+
+    /// Polls every `every` (at least 10 ms) until `stop` resolves, logging reloads and failures.
+    pub async fn watch(self: Arc<Self>, every: Duration, stop: impl Future<Output = ()>) {
+        if self.path.is_none() {
+            return;
+        }
+        tokio::pin!(stop);
+        let mut ticks = tokio::time::interval(every.max(MIN_POLL));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate; the file was just loaded.
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = ticks.tick() => {}
+            }
+            // File reads and hashing stay off the async workers.
+            let this = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
+                Ok(Ok(true)) => tracing::info!(
+                    path = ?self.path,
+                    active_kid = %self.current().active().kid(),
+                    "JWT key set reloaded"
+                ),
+                Ok(Ok(false)) => {}
+                Ok(Err(error)) => tracing::warn!(
+                    %error,
+                    "JWT key set not reloaded; the previous keys stay in force"
+                ),
+                Err(error) => tracing::error!(%error, "JWT key set reload task failed"),
+            }
+        }
+    }
+}
