@@ -9,6 +9,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::keyring::KeyRing;
+use crate::ratelimit::keys::{MAX_ID_LEN, id_problem};
 
 /// The `typ` header of every access token (RFC 9068).
 pub const TOKEN_TYPE: &str = "at+jwt";
@@ -16,7 +17,6 @@ pub const TOKEN_TYPE: &str = "at+jwt";
 pub const MAX_LEEWAY: Duration = Duration::from_secs(60);
 /// Longer tokens are refused before any parsing: ours are well under 1 KiB.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
-use crate::ratelimit::keys::{MAX_ID_LEN, id_problem};
 
 /// The claims of an access token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
