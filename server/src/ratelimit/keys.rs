@@ -81,6 +81,29 @@ pub fn check_key(tenant: &str, resource: &str, key: &str) -> String {
     out
 }
 
+/// An authentication key: `auth:{tenant}:kind:id`, with tenant and id escaped like counter
+/// keys, so one tenant's auth keys share a Cluster slot (multi-key scripts stay legal) and no
+/// id can reach another tenant's keys. `kind` is a fixed word chosen by the store.
+pub fn auth_key(tenant: &str, kind: &str, id: &str) -> String {
+    let mut out = String::with_capacity(10 + tenant.len() + kind.len() + id.len());
+    out.push_str("auth:{");
+    push_escaped(&mut out, tenant);
+    out.push_str("}:");
+    out.push_str(kind);
+    out.push(':');
+    push_escaped(&mut out, id);
+    out
+}
+
+/// The audit stream of a tenant: `audit:{tenant}`.
+pub fn audit_key(tenant: &str) -> String {
+    let mut out = String::with_capacity(8 + tenant.len());
+    out.push_str("audit:{");
+    push_escaped(&mut out, tenant);
+    out.push('}');
+    out
+}
+
 /// The counter key of an Envoy descriptor. The hash tag holds the domain and the first entry,
 /// which in Envoy configs is the coarse dimension (a client, a tenant, a route); one request's
 /// descriptors may therefore live on different Cluster slots.
@@ -143,6 +166,16 @@ mod tests {
             envoy_key("edge", [("a", "b=c")]),
             envoy_key("edge", [("a=b", "c")])
         );
+    }
+
+    #[test]
+    fn auth_keys_tag_the_tenant_and_escape_ids() {
+        assert_eq!(auth_key("acme", "user", "u1"), "auth:{acme}:user:u1");
+        let k = auth_key("a}:{b", "session", "s:{x}");
+        assert_eq!(k, "auth:{a%7D%3A%7Bb}:session:s%3A%7Bx%7D");
+        assert_eq!(k.matches('{').count(), 1);
+        assert_ne!(auth_key("a:b", "user", "c"), auth_key("a", "user", "b:c"));
+        assert_eq!(audit_key("a{b"), "audit:{a%7Bb}");
     }
 
     #[test]

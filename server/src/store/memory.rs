@@ -41,6 +41,8 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     /// Runtime overrides, versioned like the Redis copy.
     overrides: Mutex<Overrides>,
+    /// Users, lockouts, sessions and the audit log (see `store::auth::memory`).
+    pub(crate) auth: super::auth::memory::MemoryAuth,
 }
 
 #[derive(Debug, Default)]
@@ -60,6 +62,7 @@ impl MemoryStore {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
+            auth: super::auth::memory::MemoryAuth::new(clock.clone()),
             clock,
             overrides: Mutex::default(),
         }
@@ -79,12 +82,14 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Removes keys whose TAT has passed: they decide exactly as absent keys do.
+    /// Removes keys whose TAT has passed: they decide exactly as absent keys do. Also drops
+    /// expired lockouts and sessions.
     pub fn sweep(&self) {
         for shard in self.shards.iter() {
             let now = self.clock.now_us();
             shard.0.lock().retain(|_, tat| *tat > now);
         }
+        self.auth.sweep();
     }
 
     /// Sweeps every `every` until the store is dropped.

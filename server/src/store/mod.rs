@@ -1,6 +1,7 @@
 //! Where counters and runtime policies live: the store traits, and the memory and Redis
 //! implementations chosen by configuration.
 
+pub mod auth;
 pub mod memory;
 pub mod redis;
 

@@ -1,5 +1,6 @@
 //! The Redis store: one Lua script per decision on a single node or a Redis Cluster.
 
+mod auth;
 mod connection;
 
 use std::time::Duration;
@@ -27,6 +28,8 @@ pub struct RedisStore {
     gcra: std::sync::Arc<Script>,
     /// The Cluster-only compensation script.
     refund: std::sync::Arc<Script>,
+    /// The authentication store's scripts (users, lockout, sessions, audit; see `auth.rs`).
+    auth: std::sync::Arc<auth::AuthScripts>,
 }
 
 impl RedisStore {
@@ -36,6 +39,7 @@ impl RedisStore {
             conn: RedisConnection::connect(target, io_timeout).await?,
             gcra: std::sync::Arc::new(Script::new(include_str!("scripts/gcra.lua"))),
             refund: std::sync::Arc::new(Script::new(include_str!("scripts/refund.lua"))),
+            auth: std::sync::Arc::new(auth::AuthScripts::new()),
         })
     }
 
