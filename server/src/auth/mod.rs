@@ -1,6 +1,7 @@
-//! The authentication domain: passwords, access tokens and their keys. Knows neither tonic nor
-//! Redis. Not served yet: the RPCs arrive when sessions, lockout and the audit log are built.
+//! The authentication domain: passwords, access tokens and their keys, and the core that logs
+//! users in over the auth store. Knows neither tonic nor Redis. Not served over gRPC yet.
 
 pub mod model;
 pub mod password;
+pub mod service;
 pub mod tokens;

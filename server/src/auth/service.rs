@@ -1,0 +1,889 @@
+//! The authentication core over any [`AuthStore`]: logins with lockout, access-token
+//! verification with revocation, refresh rotation, logout, password changes and user creation.
+//! Knows neither tonic nor Redis. Not served over gRPC yet.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use dashmap::DashMap;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::model::{AttemptGate, LockoutSettings, RotateOutcome, Session, UserRecord};
+use super::password::{
+    HashError, NewPasswordError, PasswordHasher, PasswordPolicy, PolicyViolation, Secret,
+};
+use super::tokens::{
+    AccessClaims, IssueRequest, IssueSettings, ReloadingKeyRing, TokenError, VerifyExpectations,
+};
+use crate::ratelimit::keys::{self, InvalidId};
+use crate::store::StoreError;
+use crate::store::auth::{AuthStore, hex};
+
+/// The only scope of a token issued while the password must be changed.
+pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
+/// The scope of an ordinary access token.
+pub const API_SCOPE: &str = "api";
+/// Clock leeway for `exp`/`nbf`: the most the tokens module honours.
+const LEEWAY: Duration = Duration::from_secs(60);
+
+/// What the authentication core needs to know.
+#[derive(Clone)]
+pub struct AuthSettings {
+    /// `iss` of issued tokens, checked on verify.
+    pub issuer: String,
+    /// `aud` of issued tokens, checked on verify.
+    pub audience: String,
+    /// Access-token lifetime (the guide: 30 minutes).
+    pub access_ttl: Duration,
+    /// A session ends when not refreshed for this long.
+    pub session_idle: Duration,
+    /// A session ends this long after the login, refreshed or not.
+    pub session_lifetime: Duration,
+    /// Failed logins before a lock, the counting window, and the lock's length.
+    pub lockout: LockoutSettings,
+    /// When true a locked account says so (`AccountLocked`); by default it looks exactly like
+    /// a wrong password, against user enumeration.
+    pub reveal_lockout: bool,
+    /// The rules a new password must meet.
+    pub policy: PasswordPolicy,
+    /// Keys the username hash used as lockout subject and in audit events, so neither reveals
+    /// usernames nor can be precomputed from a list of them.
+    pub subject_key: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthSettings")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("access_ttl", &self.access_ttl)
+            .field("session_idle", &self.session_idle)
+            .field("session_lifetime", &self.session_lifetime)
+            .field("lockout", &self.lockout)
+            .field("reveal_lockout", &self.reveal_lockout)
+            .field("policy", &self.policy)
+            .field("subject_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Why an authentication call failed. Messages never carry a password, token or hash.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// A request field is invalid.
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument {
+        /// The field, as named in the request.
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Unknown user, wrong password, or (unless revealed) a locked account: one answer for all.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The account is locked (only with `reveal_lockout`).
+    #[error("account locked")]
+    AccountLocked {
+        /// When a retry may succeed; `None` until an admin unlocks.
+        retry_after: Option<Duration>,
+    },
+    /// Password hashing is at capacity; retry after the hint.
+    #[error("password hashing is overloaded")]
+    Overloaded {
+        /// A hint for the retry.
+        retry_after: Duration,
+    },
+    /// The new password breaks the policy.
+    #[error("password does not meet the policy: {0}")]
+    WeakPassword(PolicyViolation),
+    /// The new password equals the current one.
+    #[error("the new password must differ from the current one")]
+    PasswordReused,
+    /// The access token is not valid.
+    #[error("invalid access token")]
+    InvalidToken(TokenError),
+    /// The token's scope does not allow the call.
+    #[error("the token's scope does not allow this call")]
+    InsufficientScope,
+    /// The session was revoked, has expired, or its refresh token was reused.
+    #[error("session ended")]
+    SessionEnded,
+    /// The username is taken in this tenant.
+    #[error("username already exists in this tenant")]
+    UsernameTaken,
+    /// No such user.
+    #[error("user not found")]
+    NotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug or a broken record (logged where it happened).
+    #[error("internal error")]
+    Internal,
+}
+
+impl From<InvalidId> for AuthError {
+    fn from(e: InvalidId) -> Self {
+        Self::InvalidArgument {
+            field: e.field,
+            reason: e.reason,
+        }
+    }
+}
+
+impl From<HashError> for AuthError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Overloaded { retry_after } => Self::Overloaded { retry_after },
+            other => {
+                tracing::error!(error = %other, "password hashing failed");
+                Self::Internal
+            }
+        }
+    }
+}
+
+impl From<NewPasswordError> for AuthError {
+    fn from(e: NewPasswordError) -> Self {
+        match e {
+            NewPasswordError::Policy(v) => Self::WeakPassword(v),
+            NewPasswordError::Hash(h) => h.into(),
+        }
+    }
+}
+
+/// A login request.
+#[derive(Debug)]
+pub struct LoginInput<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The username.
+    pub username: &'a str,
+    /// The password, compared exactly as sent.
+    pub password: &'a Secret,
+    /// The end user's address, for the session record.
+    pub client_ip: &'a str,
+}
+
+/// Tokens handed out by a login or a refresh.
+pub struct Tokens {
+    /// The signed access token.
+    pub access_token: String,
+    /// The opaque refresh token (single use).
+    pub refresh_token: Zeroizing<String>,
+    /// The access token's lifetime.
+    pub expires_in: Duration,
+    /// True when the password must be changed first (the token only has that scope).
+    pub password_change_required: bool,
+    /// The user.
+    pub user_id: String,
+    /// The session.
+    pub session_id: String,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("expires_in", &self.expires_in)
+            .field("password_change_required", &self.password_change_required)
+            .field("user_id", &self.user_id)
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A new user.
+#[derive(Debug)]
+pub struct NewUser<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The login name, unique within the tenant.
+    pub username: &'a str,
+    /// The initial password; must meet the policy.
+    pub password: &'a Secret,
+    /// Roles copied into access tokens.
+    pub roles: Vec<String>,
+    /// Whether the first login must change the password.
+    pub must_change_password: bool,
+}
+
+/// Sessions known to be revoked, fed from the store's revocation feed, so verifying an access
+/// token needs no store round trip yet a revocation reaches every replica within one poll.
+#[derive(Debug, Default)]
+struct RevocationCache {
+    /// (tenant, session id) → Unix second after which no token of that session can be valid.
+    revoked: DashMap<(String, String), u64>,
+    /// Where the next poll of the feed continues.
+    cursor: tokio::sync::Mutex<Option<String>>,
+}
+
+/// The authentication core.
+#[derive(Debug)]
+pub struct Authenticator<S> {
+    /// Users, lockouts, sessions, revocations.
+    store: S,
+    /// Argon2id under a bounded semaphore.
+    hasher: PasswordHasher,
+    /// Signing and verification keys; reloaded when the key-set file changes.
+    keys: Arc<ReloadingKeyRing>,
+    /// Lifetimes, lockout, policy.
+    settings: AuthSettings,
+    /// Revoked sessions, for token verification without a store call.
+    revocations: RevocationCache,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or_default()
+}
+
+/// `n` random bytes, base64url: ids (16 bytes) and refresh secrets (32 bytes).
+fn random_token(n: usize) -> Result<String, AuthError> {
+    let mut bytes = Zeroizing::new(vec![0u8; n]);
+    getrandom::fill(&mut bytes).map_err(|_| AuthError::Internal)?;
+    Ok(B64URL.encode(&*bytes))
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// A refresh token names its session so it can be found: `<tenant b64>.<session id>.<secret>`.
+/// Only the SHA-256 of the secret is stored.
+fn refresh_token(tenant: &str, session_id: &str, secret: &str) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "{}.{session_id}.{secret}",
+        B64URL.encode(tenant.as_bytes())
+    ))
+}
+
+/// Splits a refresh token into (tenant, session id, secret); `None` when malformed.
+fn parse_refresh_token(token: &str) -> Option<(String, &str, &str)> {
+    let mut parts = token.splitn(3, '.');
+    let tenant = B64URL.decode(parts.next()?).ok()?;
+    let tenant = String::from_utf8(tenant).ok()?;
+    let (sid, secret) = (parts.next()?, parts.next()?);
+    (!sid.is_empty() && secret.len() >= 43).then_some((tenant, sid, secret))
+}
+
+impl<S: AuthStore> Authenticator<S> {
+    /// A core over `store` with these keys and settings.
+    pub fn new(
+        store: S,
+        hasher: PasswordHasher,
+        keys: Arc<ReloadingKeyRing>,
+        settings: AuthSettings,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            keys,
+            settings,
+            revocations: RevocationCache::default(),
+        }
+    }
+
+    /// The lockout subject (and audit name) of a username: a keyed hash, so unknown users are
+    /// counted like known ones and no username is stored in clear outside its record.
+    pub fn subject(&self, tenant: &str, username: &str) -> String {
+        let mut h = Sha256::new();
+        h.update(self.settings.subject_key.as_slice());
+        h.update((tenant.len() as u64).to_be_bytes());
+        h.update(tenant.as_bytes());
+        h.update(username.as_bytes());
+        hex(&h.finalize())
+    }
+
+    /// Creates a user; the password must meet the policy.
+    pub async fn create_user(&self, new: NewUser<'_>) -> Result<UserRecord, AuthError> {
+        keys::validate_id("tenant_id", new.tenant, true)?;
+        keys::validate_id("username", new.username, true)?;
+        for (i, role) in new.roles.iter().enumerate() {
+            keys::validate_id(&format!("roles[{i}]"), role, true)?;
+        }
+        let hash = self
+            .hasher
+            .hash_new(self.settings.policy, new.password, &[new.username])
+            .await?;
+        let user = UserRecord {
+            user_id: random_token(16)?,
+            tenant_id: new.tenant.to_owned(),
+            username: new.username.to_owned(),
+            password_hash: hash,
+            roles: new.roles,
+            must_change_password: new.must_change_password,
+            created_at_unix: unix_now(),
+            last_login_unix: None,
+        };
+        if !self.store.create_user(&user).await? {
+            return Err(AuthError::UsernameTaken);
+        }
+        Ok(user)
+    }
+
+    /// Verifies a password and opens a session.
+    ///
+    /// The attempt is counted before the password is evaluated, so parallel guesses across
+    /// replicas cannot get more than the lockout allows. An unknown user and a locked account
+    /// cost one dummy verify through the same queue, so they look like a wrong password in
+    /// status, message and timing.
+    pub async fn login(&self, input: LoginInput<'_>) -> Result<Tokens, AuthError> {
+        keys::validate_id("tenant_id", input.tenant, true)?;
+        keys::validate_id("username", input.username, true)?;
+        keys::validate_id("client_ip", input.client_ip, false)?;
+        let subject = self.subject(input.tenant, input.username);
+        let lockout = &self.settings.lockout;
+        let gate = self
+            .store
+            .begin_attempt(input.tenant, &subject, lockout, unix_now_ms())
+            .await?;
+        if let AttemptGate::Locked { retry_after } = gate {
+            self.hasher.verify_dummy(input.password).await?;
+            return Err(if self.settings.reveal_lockout {
+                AuthError::AccountLocked { retry_after }
+            } else {
+                AuthError::InvalidCredentials
+            });
+        }
+        let user = self.store.find_user(input.tenant, input.username).await?;
+        let verified = match &user {
+            Some(u) => Some(self.hasher.verify(input.password, &u.password_hash).await?),
+            None => {
+                self.hasher.verify_dummy(input.password).await?;
+                None
+            }
+        };
+        let (Some(mut user), Some(verified)) = (user, verified.filter(|v| v.matches)) else {
+            self.store
+                .finish_attempt(input.tenant, &subject, false, lockout, unix_now_ms())
+                .await?;
+            return Err(AuthError::InvalidCredentials);
+        };
+        self.store
+            .finish_attempt(input.tenant, &subject, true, lockout, unix_now_ms())
+            .await?;
+        if verified.needs_rehash {
+            // Upgrade to the configured parameters while the password is at hand; a failure
+            // here must not fail the login, the next one tries again.
+            match self.hasher.hash(input.password).await {
+                Ok(hash) => user.password_hash = hash,
+                Err(e) => tracing::warn!(error = %e, "password rehash skipped"),
+            }
+        }
+        user.last_login_unix = Some(unix_now());
+        self.store.update_user(&user).await?;
+        self.open_session(&user, input.client_ip).await
+    }
+
+    async fn open_session(&self, user: &UserRecord, client_ip: &str) -> Result<Tokens, AuthError> {
+        let now = unix_now();
+        let secret = Zeroizing::new(random_token(32)?);
+        let session = Session {
+            session_id: random_token(16)?,
+            tenant_id: user.tenant_id.clone(),
+            user_id: user.user_id.clone(),
+            refresh_hash: sha256_hex(&secret),
+            created_at_unix: now,
+            last_used_unix: now,
+            idle_expires_unix: now + self.settings.session_idle.as_secs(),
+            absolute_expires_unix: now + self.settings.session_lifetime.as_secs(),
+            client_ip: client_ip.to_owned(),
+        };
+        if !self.store.create_session(&session).await? {
+            // 128 random bits collided: treat as a bug rather than retry silently.
+            return Err(AuthError::Internal);
+        }
+        self.tokens_for(user, &session, &secret)
+    }
+
+    fn tokens_for(
+        &self,
+        user: &UserRecord,
+        session: &Session,
+        secret: &str,
+    ) -> Result<Tokens, AuthError> {
+        let scopes = if user.must_change_password {
+            vec![PASSWORD_CHANGE_SCOPE.to_owned()]
+        } else {
+            vec![API_SCOPE.to_owned()]
+        };
+        // An access token never outlives its session.
+        let left = session.expires_unix().saturating_sub(unix_now());
+        let ttl = self
+            .settings
+            .access_ttl
+            .min(Duration::from_secs(left.max(1)));
+        let issued = self
+            .keys
+            .current()
+            .issue(
+                &IssueRequest {
+                    user_id: user.user_id.clone(),
+                    tenant_id: user.tenant_id.clone(),
+                    session_id: session.session_id.clone(),
+                    roles: user.roles.clone(),
+                    scopes,
+                },
+                &IssueSettings {
+                    issuer: &self.settings.issuer,
+                    audience: &self.settings.audience,
+                    ttl,
+                    now: SystemTime::now(),
+                },
+            )
+            .map_err(|e| {
+                tracing::error!(reason = e.reason(), "cannot issue an access token");
+                AuthError::Internal
+            })?;
+        Ok(Tokens {
+            access_token: issued.token,
+            refresh_token: refresh_token(&user.tenant_id, &session.session_id, secret),
+            expires_in: ttl,
+            password_change_required: user.must_change_password,
+            user_id: user.user_id.clone(),
+            session_id: session.session_id.clone(),
+        })
+    }
+
+    /// Verifies an access token: signature, lifetime, issuer, audience, type, the expected
+    /// tenant when given, and that its session was not revoked (as of the last feed poll).
+    pub fn verify(&self, token: &str, tenant: Option<&str>) -> Result<AccessClaims, AuthError> {
+        let claims = self
+            .keys
+            .current()
+            .verify(
+                token,
+                &VerifyExpectations {
+                    issuer: &self.settings.issuer,
+                    audience: &self.settings.audience,
+                    leeway: LEEWAY,
+                    now: SystemTime::now(),
+                },
+            )
+            .map_err(AuthError::InvalidToken)?;
+        if tenant.is_some_and(|t| t != claims.tid) {
+            return Err(AuthError::InvalidToken(TokenError::WrongAudience));
+        }
+        let key = (claims.tid.clone(), claims.sid.clone());
+        if self.revocations.revoked.contains_key(&key) {
+            return Err(AuthError::SessionEnded);
+        }
+        Ok(claims)
+    }
+
+    /// Reads new revocations from the store's feed; every replica calls this often (the
+    /// interval bounds how long a revoked session's access tokens keep verifying elsewhere).
+    pub async fn poll_revocations(&self) -> Result<usize, AuthError> {
+        let mut cursor = self.revocations.cursor.lock().await;
+        let (revoked, next) = self.store.revocations_since(cursor.as_deref()).await?;
+        // Remembered until every token the session could still hold has expired.
+        let forget_after = unix_now() + self.settings.access_ttl.as_secs() + LEEWAY.as_secs();
+        let count = revoked.len();
+        for key in revoked {
+            self.revocations.revoked.insert(key, forget_after);
+        }
+        *cursor = Some(next);
+        let now = unix_now();
+        self.revocations.revoked.retain(|_, until| *until > now);
+        Ok(count)
+    }
+
+    /// Exchanges a refresh token for new tokens; the refresh token rotates. Presenting an
+    /// earlier one again ends the whole session (it was stolen or replayed).
+    pub async fn refresh(&self, token: &str) -> Result<Tokens, AuthError> {
+        let (tenant, sid, secret) =
+            parse_refresh_token(token).ok_or_else(|| AuthError::InvalidArgument {
+                field: "refresh_token".into(),
+                reason: "is malformed".into(),
+            })?;
+        keys::validate_id("refresh_token", &tenant, true)?;
+        let new_secret = Zeroizing::new(random_token(32)?);
+        let outcome = self
+            .store
+            .rotate_refresh(
+                &tenant,
+                sid,
+                &sha256_hex(secret),
+                &sha256_hex(&new_secret),
+                unix_now(),
+                self.settings.session_idle,
+            )
+            .await?;
+        let session = match outcome {
+            RotateOutcome::Rotated(session) => session,
+            RotateOutcome::Reused => {
+                tracing::warn!(target: "audit", tenant = %tenant, session = %sid, "refresh token reused: session revoked");
+                return Err(AuthError::SessionEnded);
+            }
+            RotateOutcome::NotFound => return Err(AuthError::SessionEnded),
+        };
+        let user = self
+            .store
+            .get_user(&tenant, &session.user_id)
+            .await?
+            .ok_or(AuthError::SessionEnded)?;
+        self.tokens_for(&user, &session, &new_secret)
+    }
+
+    /// Ends the session named by either token; false when it had already ended.
+    pub async fn logout(
+        &self,
+        refresh_token: Option<&str>,
+        access_token: Option<&str>,
+    ) -> Result<bool, AuthError> {
+        let (tenant, sid) = match (refresh_token, access_token) {
+            (Some(r), _) => {
+                let (tenant, sid, _) =
+                    parse_refresh_token(r).ok_or_else(|| AuthError::InvalidArgument {
+                        field: "refresh_token".into(),
+                        reason: "is malformed".into(),
+                    })?;
+                (tenant, sid.to_owned())
+            }
+            (None, Some(a)) => {
+                let claims = self.verify(a, None)?;
+                (claims.tid, claims.sid)
+            }
+            (None, None) => {
+                return Err(AuthError::InvalidArgument {
+                    field: "refresh_token".into(),
+                    reason: "or access_token is required".into(),
+                });
+            }
+        };
+        keys::validate_id("refresh_token", &tenant, true)?;
+        Ok(self.store.revoke_session(&tenant, &sid).await?)
+    }
+
+    /// Changes the caller's password: needs the current one, applies the policy, refuses the
+    /// same password, clears the must-change flag and ends the user's other sessions.
+    /// Returns the number of sessions ended.
+    pub async fn change_password(
+        &self,
+        access_token: &str,
+        current: &Secret,
+        new: &Secret,
+    ) -> Result<u32, AuthError> {
+        let claims = self.verify(access_token, None)?;
+        if !claims.has_scope(PASSWORD_CHANGE_SCOPE) && !claims.has_scope(API_SCOPE) {
+            return Err(AuthError::InsufficientScope);
+        }
+        let mut user = self
+            .store
+            .get_user(&claims.tid, &claims.sub)
+            .await?
+            .ok_or(AuthError::NotFound)?;
+        let verified = self.hasher.verify(current, &user.password_hash).await?;
+        if !verified.matches {
+            return Err(AuthError::InvalidCredentials);
+        }
+        if current.expose() == new.expose() {
+            return Err(AuthError::PasswordReused);
+        }
+        user.password_hash = self
+            .hasher
+            .hash_new(self.settings.policy, new, &[&user.username])
+            .await?;
+        user.must_change_password = false;
+        if !self.store.update_user(&user).await? {
+            return Err(AuthError::NotFound);
+        }
+        Ok(self
+            .store
+            .revoke_user_sessions(&claims.tid, &claims.sub, Some(&claims.sid))
+            .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::Argon2Params;
+    use crate::auth::tokens::{Key, KeyRing, KeyState};
+    use crate::store::MemoryStore;
+
+    /// Cheap Argon2 so tests run fast; the policy and flow are what is under test.
+    fn authenticator(lockout: LockoutSettings, reveal_lockout: bool) -> Authenticator<MemoryStore> {
+        let hasher = PasswordHasher::new(
+            Argon2Params::new(1024, 1, 1).unwrap(),
+            2,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let key = Key::hs256("k1", &[7u8; 32], KeyState::Active).unwrap();
+        let keys = Arc::new(ReloadingKeyRing::fixed(KeyRing::new(vec![key]).unwrap()));
+        let settings = AuthSettings {
+            issuer: "portcullis".into(),
+            audience: "portcullis".into(),
+            access_ttl: Duration::from_secs(1800),
+            session_idle: Duration::from_secs(3600),
+            session_lifetime: Duration::from_secs(86_400),
+            lockout,
+            reveal_lockout,
+            policy: PasswordPolicy::Guide,
+            subject_key: Zeroizing::new([9u8; 32]),
+        };
+        Authenticator::new(MemoryStore::new(), hasher, keys, settings)
+    }
+
+    const GOOD: &str = "Vq7#mLx2!pRz9w";
+    const OTHER: &str = "Kd4$hTy8@nBc3e";
+
+    fn secret(s: &str) -> Secret {
+        Secret::new(s.to_owned())
+    }
+
+    async fn user(a: &Authenticator<MemoryStore>, must_change: bool) -> UserRecord {
+        a.create_user(NewUser {
+            tenant: "acme",
+            username: "alice",
+            password: &secret(GOOD),
+            roles: vec!["reader".into()],
+            must_change_password: must_change,
+        })
+        .await
+        .unwrap()
+    }
+
+    async fn login(a: &Authenticator<MemoryStore>, password: &str) -> Result<Tokens, AuthError> {
+        a.login(LoginInput {
+            tenant: "acme",
+            username: "alice",
+            password: &secret(password),
+            client_ip: "10.0.0.1",
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn login_then_verify_refresh_and_logout() {
+        let a = authenticator(LockoutSettings::default(), false);
+        let u = user(&a, false).await;
+        let t = login(&a, GOOD).await.unwrap();
+        assert!(!t.password_change_required);
+        let claims = a.verify(&t.access_token, Some("acme")).unwrap();
+        assert_eq!(
+            (claims.sub.as_str(), claims.sid.as_str()),
+            (u.user_id.as_str(), t.session_id.as_str())
+        );
+        assert!(claims.has_scope(API_SCOPE));
+        assert!(matches!(
+            a.verify(&t.access_token, Some("globex")),
+            Err(AuthError::InvalidToken(_))
+        ));
+
+        let r = a.refresh(&t.refresh_token).await.unwrap();
+        assert_eq!(r.session_id, t.session_id);
+        assert_ne!(
+            *r.refresh_token, *t.refresh_token,
+            "the refresh token rotates"
+        );
+        assert!(a.logout(Some(&r.refresh_token), None).await.unwrap());
+        a.poll_revocations().await.unwrap();
+        assert!(matches!(
+            a.verify(&r.access_token, None),
+            Err(AuthError::SessionEnded)
+        ));
+        assert!(matches!(
+            a.refresh(&r.refresh_token).await,
+            Err(AuthError::SessionEnded)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_reused_refresh_token_ends_the_session() {
+        let a = authenticator(LockoutSettings::default(), false);
+        user(&a, false).await;
+        let t = login(&a, GOOD).await.unwrap();
+        let r = a.refresh(&t.refresh_token).await.unwrap();
+        assert!(matches!(
+            a.refresh(&t.refresh_token).await,
+            Err(AuthError::SessionEnded)
+        ));
+        assert!(
+            matches!(
+                a.refresh(&r.refresh_token).await,
+                Err(AuthError::SessionEnded)
+            ),
+            "the thief's use killed the legitimate one too"
+        );
+        a.poll_revocations().await.unwrap();
+        assert!(matches!(
+            a.verify(&r.access_token, None),
+            Err(AuthError::SessionEnded)
+        ));
+    }
+
+    #[tokio::test]
+    async fn unknown_user_wrong_password_and_lock_look_the_same() {
+        let a = authenticator(LockoutSettings::default(), false);
+        user(&a, false).await;
+        let unknown = a
+            .login(LoginInput {
+                tenant: "acme",
+                username: "mallory",
+                password: &secret(GOOD),
+                client_ip: "",
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(unknown, AuthError::InvalidCredentials));
+        for _ in 0..5 {
+            assert!(matches!(
+                login(&a, OTHER).await,
+                Err(AuthError::InvalidCredentials)
+            ));
+        }
+        // Locked now: even the right password gets the same answer.
+        let locked = login(&a, GOOD).await.unwrap_err();
+        assert!(matches!(locked, AuthError::InvalidCredentials));
+        assert_eq!(locked.to_string(), unknown.to_string());
+    }
+
+    #[tokio::test]
+    async fn parallel_guesses_evaluate_at_most_the_lockout_limit() {
+        let a = Arc::new(authenticator(LockoutSettings::default(), true));
+        user(&a, false).await;
+        let guesses = (0..20).map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { login(&a, OTHER).await })
+        });
+        let mut evaluated = 0;
+        for g in guesses {
+            match g.await.unwrap() {
+                Err(AuthError::InvalidCredentials) => evaluated += 1,
+                Err(AuthError::AccountLocked { .. }) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(evaluated, 5, "only five passwords were checked");
+        assert!(matches!(
+            login(&a, GOOD).await,
+            Err(AuthError::AccountLocked {
+                retry_after: Some(_)
+            })
+        ));
+    }
+
+    #[tokio::test]
+    async fn first_login_must_change_the_password() {
+        let a = authenticator(LockoutSettings::default(), false);
+        user(&a, true).await;
+        let t = login(&a, GOOD).await.unwrap();
+        assert!(t.password_change_required);
+        let claims = a.verify(&t.access_token, None).unwrap();
+        assert_eq!(claims.scope, PASSWORD_CHANGE_SCOPE);
+        let other_session = login(&a, GOOD).await.unwrap();
+
+        let weak = a
+            .change_password(&t.access_token, &secret(GOOD), &secret("short"))
+            .await;
+        assert!(matches!(weak, Err(AuthError::WeakPassword(_))));
+        let same = a
+            .change_password(&t.access_token, &secret(GOOD), &secret(GOOD))
+            .await;
+        assert!(matches!(same, Err(AuthError::PasswordReused)));
+        let wrong = a
+            .change_password(&t.access_token, &secret(OTHER), &secret(OTHER))
+            .await;
+        assert!(matches!(wrong, Err(AuthError::InvalidCredentials)));
+        assert_eq!(
+            a.change_password(&t.access_token, &secret(GOOD), &secret(OTHER))
+                .await
+                .unwrap(),
+            1
+        );
+
+        a.poll_revocations().await.unwrap();
+        assert!(matches!(
+            a.verify(&other_session.access_token, None),
+            Err(AuthError::SessionEnded)
+        ));
+        assert!(
+            a.verify(&t.access_token, None).is_ok(),
+            "the caller's own session stays"
+        );
+        let after = login(&a, OTHER).await.unwrap();
+        assert!(!after.password_change_required);
+        assert_eq!(
+            a.verify(&after.access_token, None).unwrap().scope,
+            API_SCOPE
+        );
+    }
+
+    #[tokio::test]
+    async fn usernames_are_unique_per_tenant_and_policy_applies() {
+        let a = authenticator(LockoutSettings::default(), false);
+        user(&a, false).await;
+        let again = a
+            .create_user(NewUser {
+                tenant: "acme",
+                username: "alice",
+                password: &secret(OTHER),
+                roles: vec![],
+                must_change_password: true,
+            })
+            .await;
+        assert!(matches!(again, Err(AuthError::UsernameTaken)));
+        let weak = a
+            .create_user(NewUser {
+                tenant: "acme",
+                username: "bob",
+                password: &secret("Password123!"),
+                roles: vec![],
+                must_change_password: true,
+            })
+            .await;
+        assert!(matches!(weak, Err(AuthError::WeakPassword(_))));
+        let bad = a
+            .create_user(NewUser {
+                tenant: "",
+                username: "bob",
+                password: &secret(OTHER),
+                roles: vec![],
+                must_change_password: true,
+            })
+            .await;
+        assert!(
+            matches!(bad, Err(AuthError::InvalidArgument { field, .. }) if field == "tenant_id")
+        );
+    }
+
+    #[test]
+    fn refresh_tokens_parse_back_and_reject_garbage() {
+        let t = refresh_token("acme}:{x", "sid1", &"s".repeat(43));
+        let (tenant, sid, secret) = parse_refresh_token(&t).unwrap();
+        assert_eq!(
+            (tenant.as_str(), sid, secret.len()),
+            ("acme}:{x", "sid1", 43)
+        );
+        for bad in [
+            "",
+            "a.b",
+            "!!.sid.ssssssssssssssssssssssssssssssssssssssssss",
+            "YWNtZQ..x",
+            "YWNtZQ.sid.short",
+        ] {
+            assert!(parse_refresh_token(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn debug_output_has_no_secrets() {
+        let a = authenticator(LockoutSettings::default(), false);
+        let shown = format!("{:?}", a.settings);
+        assert!(shown.contains("<redacted>") && !shown.contains("9, 9"));
+    }
+}
