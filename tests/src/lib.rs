@@ -3,3 +3,23 @@
 
 pub mod harness;
 pub mod server;
+
+/// Runs each named `async fn case(backend: Backend)` of the calling test file as three tests,
+/// one per store: `memory::case`, `redis::case` and `cluster::case`.
+#[macro_export]
+macro_rules! on_every_store {
+    ($($case:ident),* $(,)?) => {
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::server::Backend::Memory).await })*
+        }
+        mod redis {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::server::Backend::Redis).await })*
+        }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() { super::$case($crate::server::Backend::Cluster).await })*
+        }
+    };
+}

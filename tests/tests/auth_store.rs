@@ -896,24 +896,7 @@ async fn tenants_never_see_each_other(backend: Backend) {
     );
 }
 
-macro_rules! on_every_store {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Memory).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Redis).await })*
-        }
-        mod cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Cluster).await })*
-        }
-    };
-}
-
-on_every_store!(
+portcullis_tests::on_every_store!(
     usernames_are_unique_under_concurrency,
     users_find_get_update_delete,
     parallel_attempts_evaluate_at_most_max_failures,

@@ -514,24 +514,7 @@ async fn envoy_invalid_input_names_the_field(backend: Backend) {
     }
 }
 
-macro_rules! on_every_store {
-    ($($case:ident),* $(,)?) => {
-        mod memory {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Memory).await })*
-        }
-        mod redis {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Redis).await })*
-        }
-        mod cluster {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() { super::$case(super::Backend::Cluster).await })*
-        }
-    };
-}
-
-on_every_store!(
+portcullis_tests::on_every_store!(
     burst_then_exact_retry,
     concurrent_checks_admit_exactly_the_burst,
     a_denial_takes_nothing,
