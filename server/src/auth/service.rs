@@ -3,7 +3,7 @@
 //! Knows neither tonic nor Redis. Not served over gRPC yet.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -18,6 +18,7 @@ use super::password::{
 use super::tokens::{
     AccessClaims, IssueRequest, IssueSettings, ReloadingKeyRing, TokenError, VerifyExpectations,
 };
+use crate::ratelimit::clock::unix_time;
 use crate::ratelimit::keys::{self, InvalidId};
 use crate::store::StoreError;
 use crate::store::auth::{AuthStore, hex};
@@ -236,17 +237,11 @@ pub struct Authenticator<S> {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    unix_time().as_secs()
 }
 
 fn unix_now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default()
+    u64::try_from(unix_time().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// `n` random bytes, base64url: ids (16 bytes) and refresh secrets (32 bytes).

@@ -1,7 +1,7 @@
 //! Time for the in-process store: a clock trait so tests can move time by hand.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Microseconds since the Unix epoch.
 pub trait Clock: Send + Sync + std::fmt::Debug + 'static {
@@ -17,16 +17,20 @@ pub struct SystemClock {
     start_unix_us: u64,
 }
 
+/// Wall-clock time since the Unix epoch (zero if the clock is set before 1970): for timestamps
+/// and expiry times that leave the process. GCRA decisions use a [`Clock`] instead.
+pub fn unix_time() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 impl SystemClock {
     /// Anchors the clock at the current wall time.
     pub fn new() -> Self {
-        let start_unix_us = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros() as u64)
-            .unwrap_or_default();
         Self {
             start: Instant::now(),
-            start_unix_us,
+            start_unix_us: unix_time().as_micros() as u64,
         }
     }
 }

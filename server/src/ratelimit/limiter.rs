@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
+use super::clock::unix_time;
 use super::deny_cache::DenyCache;
 use super::envoy::{AppliedEnvoyLimit, DescriptorStatus, EnvoyDecision, EnvoyRequest};
 use super::envoy_config::EnvoyConfig;
@@ -391,7 +392,7 @@ impl<S: RateLimitStore> Limiter<S> {
             .as_ref()
             .and_then(|c| c.lookup(&key, cost, sent_at));
         if let Some(hit) = cached {
-            return Ok(decision(hit.into(), unix_now_us()));
+            return Ok(decision(hit.into(), unix_time().as_micros() as u64));
         }
         let batch = [LimitRequest {
             key,
@@ -424,7 +425,7 @@ impl<S: RateLimitStore> Limiter<S> {
                     allowed,
                     deny_reason: (!allowed).then_some(DenyReason::StoreUnavailable),
                     degraded: true,
-                    ..decision(nothing_known, unix_now_us())
+                    ..decision(nothing_known, unix_time().as_micros() as u64)
                 })
             }
         }
@@ -510,7 +511,7 @@ impl<S: RateLimitStore> Limiter<S> {
         let outcome = match self.cached_batch(&batch, sent_at) {
             Some(o) => o,
             None if batch.is_empty() => BatchOutcome {
-                now_us: unix_now_us(),
+                now_us: unix_time().as_micros() as u64,
                 committed: true,
                 keys: Vec::new(),
             },
@@ -567,7 +568,7 @@ impl<S: RateLimitStore> Limiter<S> {
             .map(|r| cache.lookup(&r.key, r.cost, now).map(KeyOutcome::from))
             .collect::<Option<Vec<_>>>()?;
         Some(BatchOutcome {
-            now_us: unix_now_us(),
+            now_us: unix_time().as_micros() as u64,
             committed: !batch.iter().any(|r| r.enforced),
             keys,
         })
@@ -700,11 +701,4 @@ fn normalise_resource(resource: &str) -> &str {
     } else {
         resource
     }
-}
-
-fn unix_now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as u64)
-        .unwrap_or_default()
 }

@@ -1,11 +1,12 @@
 //! The authentication store on Redis: one Lua script per atomic step, all keys of a script on the tenant's slot.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
 
 use super::{RedisStore, store_error};
+use crate::ratelimit::clock::unix_time;
 use crate::store::StoreError;
 use crate::store::auth::{
     AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,
@@ -71,10 +72,7 @@ const AUDIT_SCAN_CHUNK: usize = 1000;
 const DELETE_SWEEPS: usize = 3;
 
 fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
+    unix_time().as_secs()
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, StoreError> {
