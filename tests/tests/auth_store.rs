@@ -110,6 +110,25 @@ impl Fixture {
         }
     }
 
+    /// Counts one login attempt, as the service does before verifying a password.
+    async fn begin(&self, tenant: &str, subject: &str, lockout: &LockoutSettings) -> AttemptGate {
+        self.store
+            .begin_attempt(tenant, subject, lockout, self.now_ms())
+            .await
+            .unwrap()
+    }
+
+    /// One failed login: the attempt is counted, then reported as failed. Returns the gate the
+    /// attempt got.
+    async fn fail(&self, tenant: &str, subject: &str, lockout: &LockoutSettings) -> AttemptGate {
+        let gate = self.begin(tenant, subject, lockout).await;
+        self.store
+            .finish_attempt(tenant, subject, false, lockout, self.now_ms())
+            .await
+            .unwrap();
+        gate
+    }
+
     fn session(&self, tenant: &str, user_id: &str, sid: &str, refresh: &str) -> Session {
         let now = self.now_unix();
         Session {
@@ -244,14 +263,7 @@ async fn users_find_get_update_delete(backend: Backend) {
     assert!(f.store.create_session(&s2).await.unwrap());
     let lockout = settings(5, Some(MINUTE));
     for _ in 0..2 {
-        f.store
-            .begin_attempt(&tenant, "subj-alice", &lockout, f.now_ms())
-            .await
-            .unwrap();
-        f.store
-            .finish_attempt(&tenant, "subj-alice", false, &lockout, f.now_ms())
-            .await
-            .unwrap();
+        f.fail(&tenant, "subj-alice", &lockout).await;
     }
     assert_eq!(
         f.store
@@ -346,10 +358,7 @@ async fn parallel_attempts_evaluate_at_most_max_failures(backend: Backend) {
     assert!(state.locked, "{state:?}");
     // Another subject of the same tenant is untouched.
     assert_eq!(
-        f.store
-            .begin_attempt(&tenant, "other", &lockout, f.now_ms())
-            .await
-            .unwrap(),
+        f.begin(&tenant, "other", &lockout).await,
         AttemptGate::Proceed
     );
 }
@@ -363,16 +372,9 @@ async fn failures_lock_success_and_unlock_clear(backend: Backend) {
         let tenant = tenant.clone();
         async move {
             assert_eq!(
-                f.store
-                    .begin_attempt(&tenant, subject, &lockout, f.now_ms())
-                    .await
-                    .unwrap(),
+                f.fail(&tenant, subject, &lockout).await,
                 AttemptGate::Proceed
             );
-            f.store
-                .finish_attempt(&tenant, subject, false, &lockout, f.now_ms())
-                .await
-                .unwrap();
         }
     };
     // Four failures, then a success: the count starts again.
@@ -387,13 +389,7 @@ async fn failures_lock_success_and_unlock_clear(backend: Backend) {
             .failures,
         4
     );
-    assert_eq!(
-        f.store
-            .begin_attempt(&tenant, "s", &lockout, f.now_ms())
-            .await
-            .unwrap(),
-        AttemptGate::Proceed
-    );
+    assert_eq!(f.begin(&tenant, "s", &lockout).await, AttemptGate::Proceed);
     f.store
         .finish_attempt(&tenant, "s", true, &lockout, f.now_ms())
         .await
@@ -437,28 +433,15 @@ async fn failures_lock_success_and_unlock_clear(backend: Backend) {
     // A timed lock ends by itself (memory: manual clock; Redis: a short lock).
     let short = settings(2, Some(Duration::from_millis(1500)));
     for _ in 0..2 {
-        f.store
-            .begin_attempt(&tenant, "t", &short, f.now_ms())
-            .await
-            .unwrap();
-        f.store
-            .finish_attempt(&tenant, "t", false, &short, f.now_ms())
-            .await
-            .unwrap();
+        f.fail(&tenant, "t", &short).await;
     }
     assert!(matches!(
-        f.store
-            .begin_attempt(&tenant, "t", &short, f.now_ms())
-            .await
-            .unwrap(),
+        f.begin(&tenant, "t", &short).await,
         AttemptGate::Locked { .. }
     ));
     f.advance(Duration::from_millis(1700)).await;
     assert_eq!(
-        f.store
-            .begin_attempt(&tenant, "t", &short, f.now_ms())
-            .await
-            .unwrap(),
+        f.begin(&tenant, "t", &short).await,
         AttemptGate::Proceed,
         "the lock and its count ended"
     );
@@ -469,33 +452,17 @@ async fn indefinite_lock_lasts_until_unlock(backend: Backend) {
     let tenant = unique("forever");
     let lockout = settings(3, None);
     for _ in 0..3 {
-        f.store
-            .begin_attempt(&tenant, "s", &lockout, f.now_ms())
-            .await
-            .unwrap();
-        f.store
-            .finish_attempt(&tenant, "s", false, &lockout, f.now_ms())
-            .await
-            .unwrap();
+        f.fail(&tenant, "s", &lockout).await;
     }
     assert_eq!(
-        f.store
-            .begin_attempt(&tenant, "s", &lockout, f.now_ms())
-            .await
-            .unwrap(),
+        f.begin(&tenant, "s", &lockout).await,
         AttemptGate::Locked { retry_after: None }
     );
     let state = f.store.lock_state(&tenant, "s", f.now_ms()).await.unwrap();
     assert!(state.locked);
     assert_eq!(state.locked_until_unix_ms, None);
     assert!(f.store.unlock(&tenant, "s").await.unwrap());
-    assert_eq!(
-        f.store
-            .begin_attempt(&tenant, "s", &lockout, f.now_ms())
-            .await
-            .unwrap(),
-        AttemptGate::Proceed
-    );
+    assert_eq!(f.begin(&tenant, "s", &lockout).await, AttemptGate::Proceed);
     assert!(!f.store.unlock(&tenant, "nobody").await.unwrap());
 }
 
@@ -844,14 +811,7 @@ async fn tenants_never_see_each_other(backend: Backend) {
     assert!(f.store.get_session(&a, sid).await.unwrap().is_some());
 
     let lockout = settings(1, None);
-    f.store
-        .begin_attempt(&a, "subj", &lockout, f.now_ms())
-        .await
-        .unwrap();
-    f.store
-        .finish_attempt(&a, "subj", false, &lockout, f.now_ms())
-        .await
-        .unwrap();
+    f.fail(&a, "subj", &lockout).await;
     assert!(
         f.store
             .lock_state(&a, "subj", f.now_ms())
