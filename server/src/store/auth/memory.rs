@@ -443,9 +443,7 @@ impl AuthStore for MemoryStore {
             }
             _ => false,
         });
-        out.sort_by(|a, b| {
-            (a.created_at_unix, &a.session_id).cmp(&(b.created_at_unix, &b.session_id))
-        });
+        super::sort_oldest_first(&mut out);
         Ok(out)
     }
 

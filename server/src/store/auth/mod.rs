@@ -54,6 +54,13 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+/// Puts sessions in the order `list_sessions` promises: oldest first, ties by id.
+pub(crate) fn sort_oldest_first(sessions: &mut [Session]) {
+    sessions.sort_by(|a, b| {
+        (a.created_at_unix, &a.session_id).cmp(&(b.created_at_unix, &b.session_id))
+    });
+}
+
 /// The id of the username index entry: hex SHA-256 of the username, so keys have a fixed
 /// length and a key dump does not list usernames in clear.
 pub fn username_digest(username: &str) -> String {

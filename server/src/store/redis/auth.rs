@@ -11,7 +11,7 @@ use crate::store::StoreError;
 use crate::store::auth::{
     AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,
     REVOCATIONS_KEPT, REVOCATIONS_KEY, RotateOutcome, Session, UserRecord, audit_key, auth_key,
-    millis, username_digest,
+    millis, sort_oldest_first, username_digest,
 };
 
 /// The scripts of the authentication store; EVALSHA with EVAL again on NOSCRIPT, like `gcra`.
@@ -594,9 +594,7 @@ impl AuthStore for RedisStore {
                 .await
                 .map_err(store_error)?;
         }
-        alive.sort_by(|a, b| {
-            (a.created_at_unix, &a.session_id).cmp(&(b.created_at_unix, &b.session_id))
-        });
+        sort_oldest_first(&mut alive);
         Ok(alive)
     }
 
