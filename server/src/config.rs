@@ -21,6 +21,12 @@ use crate::store::redis::RedisTarget;
 pub trait EnvSource {
     /// The variable's value, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// The variable's value when set to something: an empty variable counts as unset, as
+    /// container runtimes and shells often leave them.
+    fn non_empty(&self, name: &str) -> Option<String> {
+        self.var(name).filter(|v| !v.is_empty())
+    }
 }
 
 /// The process environment.
@@ -233,11 +239,7 @@ fn pick(
             ),
         )
     })
-    .or_else(|| {
-        env.var(var)
-            .filter(|v| !v.is_empty())
-            .map(|v| (v, var.to_owned()))
-    })
+    .or_else(|| env.non_empty(var).map(|v| (v, var.to_owned())))
     .or_else(|| file.map(|v| (v, format!("config file: {key}"))))
 }
 
@@ -276,11 +278,10 @@ impl Config {
             }
             _ => ConfigError::Usage(e.to_string()),
         })?;
-        let config_path = flags.config.clone().or_else(|| {
-            env.var("PORTCULLIS_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        });
+        let config_path = flags
+            .config
+            .clone()
+            .or_else(|| env.non_empty("PORTCULLIS_CONFIG").map(PathBuf::from));
         let file = match &config_path {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -347,14 +348,13 @@ impl Config {
 
         let file_default = file.limits.default.map(|d| (d.rate, d.period, d.burst));
         let default_limit = match (
-            flags
-                .default_limit
-                .map(|v| (v, "--default-limit".to_owned()))
-                .or_else(|| {
-                    env.var("PORTCULLIS_DEFAULT_LIMIT")
-                        .filter(|v| !v.is_empty())
-                        .map(|v| (v, "PORTCULLIS_DEFAULT_LIMIT".to_owned()))
-                }),
+            pick(
+                flags.default_limit,
+                env,
+                "PORTCULLIS_DEFAULT_LIMIT",
+                None,
+                "limits.default",
+            ),
             file_default,
         ) {
             (Some((spec, origin)), _) => {
@@ -390,11 +390,7 @@ impl Config {
 
         let envoy_path = flags
             .envoy_config
-            .or_else(|| {
-                env.var("PORTCULLIS_ENVOY_CONFIG")
-                    .filter(|v| !v.is_empty())
-                    .map(PathBuf::from)
-            })
+            .or_else(|| env.non_empty("PORTCULLIS_ENVOY_CONFIG").map(PathBuf::from))
             .or(file.envoy.config);
         let envoy = match envoy_path {
             Some(path) => EnvoyConfig::load(&path).map_err(|e| invalid("envoy config", e))?,
@@ -493,13 +489,8 @@ fn check_redis_url(url: &str, origin: &str) -> Result<String, ConfigError> {
 /// The admin token from `PORTCULLIS_ADMIN_TOKEN` or the file named by
 /// `PORTCULLIS_ADMIN_TOKEN_FILE` (a Kubernetes secret mount); one of them, not both.
 fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
-    let direct = env
-        .var("PORTCULLIS_ADMIN_TOKEN")
-        .filter(|v| !v.is_empty())
-        .map(Zeroizing::new);
-    let file = env
-        .var("PORTCULLIS_ADMIN_TOKEN_FILE")
-        .filter(|v| !v.is_empty());
+    let direct = env.non_empty("PORTCULLIS_ADMIN_TOKEN").map(Zeroizing::new);
+    let file = env.non_empty("PORTCULLIS_ADMIN_TOKEN_FILE");
     let token = match (direct, file) {
         (Some(_), Some(_)) => {
             return Err(invalid(
