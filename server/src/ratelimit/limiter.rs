@@ -298,7 +298,8 @@ impl<S: RateLimitStore> Limiter<S> {
         every: Duration,
         stop: impl Future<Output = ()>,
     ) {
-        let mut tick = tokio::time::interval(every);
+        // The caller loaded the policies once before serving; the first reload is one period on.
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
         let mut failing = false;
