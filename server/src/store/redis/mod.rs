@@ -43,8 +43,13 @@ impl RedisStore {
         })
     }
 
-    /// Runs the decision script on requests that share one slot.
-    async fn decide_slot(&self, batch: &[&LimitRequest]) -> Result<BatchOutcome, StoreError> {
+    /// Runs the decision script on requests that share one slot. Takes an iterator so the
+    /// common single-node path passes the batch without collecting references first.
+    async fn decide_slot<'a>(
+        &self,
+        batch: impl ExactSizeIterator<Item = &'a LimitRequest>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let n = batch.len();
         let mut invocation = self.gcra.prepare_invoke();
         for req in batch {
             invocation
@@ -58,7 +63,7 @@ impl RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        parse_decision(&reply, batch.len())
+        parse_decision(&reply, n)
     }
 
     /// Cluster: decide each slot's share in parallel; if any denied, give back what the
@@ -76,10 +81,11 @@ impl RedisStore {
                 None => groups.push((slot, vec![i])),
             }
         }
-        let outcomes = futures::future::join_all(groups.iter().map(|(_, members)| {
-            let slice: Vec<&LimitRequest> = members.iter().map(|&i| &batch[i]).collect();
-            async move { self.decide_slot(&slice).await }
-        }))
+        let outcomes = futures::future::join_all(
+            groups
+                .iter()
+                .map(|(_, members)| self.decide_slot(members.iter().map(|&i| &batch[i]))),
+        )
         .await;
         let mut keys = vec![None; batch.len()];
         let mut now_us = 0;
@@ -228,8 +234,7 @@ impl RateLimitStore for RedisStore {
                 .all(|r| Some(Slot::for_key(r.key.as_bytes())) == first)
         };
         if one_slot {
-            let refs: Vec<&LimitRequest> = batch.iter().collect();
-            self.decide_slot(&refs).await
+            self.decide_slot(batch.iter()).await
         } else {
             self.decide_across_slots(batch).await
         }
