@@ -1,4 +1,4 @@
-//! Portcullis: exact per-tenant rate limiting (and, later, authentication) over gRPC.
+//! Portcullis: authentication and exact per-tenant rate limiting over gRPC.
 //!
 //! The binary is a thin wrapper over [`run`], which serves on a given listener until a given
 //! shutdown future resolves, so tests run the real server in-process on `127.0.0.1:0`.
@@ -21,8 +21,12 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{Config, StoreConfig};
+use crate::auth::password::{HasherConfigError, PasswordHasher};
+use crate::auth::service::{AuthSettings, Authenticator, LoginLimits};
+use crate::auth::tokens::{KeyRing, KeyRingError, ReloadingKeyRing};
+use crate::config::{Config, KeySource, StoreConfig};
 use crate::grpc::admin::{AdminApi, AdminAuth};
+use crate::grpc::auth::AuthApi;
 use crate::grpc::envoy::EnvoyApi;
 use crate::grpc::ratelimit::RateLimitApi;
 use crate::ratelimit::Limiter;
@@ -43,6 +47,12 @@ pub enum RunError {
     /// Reflection could not load the descriptors (a build problem).
     #[error("reflection setup failed: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// The JWT keys could not be loaded.
+    #[error("JWT keys: {0}")]
+    Keys(#[from] KeyRingError),
+    /// The password hasher settings are unusable.
+    #[error("password hashing: {0}")]
+    Hasher(#[from] HasherConfigError),
 }
 
 /// Reports `status` for every Portcullis service and for the server as a whole ("").
@@ -52,6 +62,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
         <pb::rate_limit_service_server::RateLimitServiceServer<RateLimitApi> as NamedService>::NAME,
         <envoy::rls::rate_limit_service_server::RateLimitServiceServer<EnvoyApi> as NamedService>::NAME,
         <pb::admin_service_server::AdminServiceServer<AdminApi> as NamedService>::NAME,
+        <pb::auth_service_server::AuthServiceServer<AuthApi> as NamedService>::NAME,
     ];
     for service in services {
         health.set_service_status(service, status).await;
@@ -70,6 +81,58 @@ pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
             AnyStore::Redis(RedisStore::connect(target, config.redis_io_timeout).await?)
         }
     })
+}
+
+/// Loads the JWT keys the config names.
+fn open_keys(config: &Config) -> Result<ReloadingKeyRing, RunError> {
+    Ok(match &config.auth.keys {
+        KeySource::Env(ring) => ReloadingKeyRing::fixed(ring.clone()),
+        KeySource::File(path) => ReloadingKeyRing::open(path)?,
+        KeySource::Ephemeral => {
+            let ring = KeyRing::generate_ephemeral()?;
+            tracing::warn!(
+                kid = %ring.active().kid(),
+                "no JWT key configured (JWT_SECRET_KEY or --jwt-key-set): signing with a random \
+                 key; access tokens will not survive a restart"
+            );
+            ReloadingKeyRing::fixed(ring)
+        }
+    })
+}
+
+/// The authentication core over `store`, with login throttles on `limiter`.
+pub fn open_authenticator(
+    config: &Config,
+    store: AnyStore,
+    limiter: Arc<Limiter<AnyStore>>,
+) -> Result<Authenticator<AnyStore>, RunError> {
+    let a = &config.auth;
+    let hasher = PasswordHasher::new(a.argon2, a.hash_permits, a.hash_queue_timeout)?;
+    tracing::info!(
+        argon2 = ?a.argon2,
+        permits = a.hash_permits,
+        memory_bound_mib = hasher.memory_bound_bytes() / (1024 * 1024),
+        "password hashing ready"
+    );
+    let settings = AuthSettings {
+        issuer: a.issuer.clone(),
+        audience: a.audience.clone(),
+        access_ttl: a.access_ttl,
+        session_idle: a.session_idle,
+        session_lifetime: a.session_lifetime,
+        lockout: a.lockout,
+        reveal_lockout: a.reveal_lockout,
+        default_policy: a.default_policy,
+        tenant_policies: a.tenant_policies.clone(),
+        login_limits: LoginLimits {
+            per_ip: a.login_limit_per_ip,
+            per_tenant: a.login_limit_per_tenant,
+        },
+        audit_retention_days: a.audit_retention_days,
+        subject_key: None,
+    };
+    let keys = Arc::new(open_keys(config)?);
+    Ok(Authenticator::new(store, hasher, keys, settings).with_login_throttle(limiter))
 }
 
 /// Serves every gRPC service on `listener` until `shutdown` resolves, then stops taking new
@@ -91,13 +154,36 @@ pub async fn run(
     if let Err(e) = limiter.refresh_policies().await {
         tracing::warn!(error = %e, "runtime limit overrides not loaded yet; will retry");
     }
-    let (stop_refresh, refresh_stopped) = tokio::sync::oneshot::channel::<()>();
-    let refresher = tokio::spawn(limiter.clone().refresh_policies_every(
-        config.policy_refresh,
-        async {
-            let _ = refresh_stopped.await;
-        },
-    ));
+    let auth = Arc::new(open_authenticator(
+        &config,
+        limiter.store().clone(),
+        limiter.clone(),
+    )?);
+
+    // Background work, stopped together at shutdown.
+    let (stop_background, _) = tokio::sync::broadcast::channel::<()>(1);
+    let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
+        let mut rx = tx.subscribe();
+        async move {
+            let _ = rx.recv().await;
+        }
+    };
+    let background = [
+        tokio::spawn(
+            limiter
+                .clone()
+                .refresh_policies_every(config.policy_refresh, stopped(&stop_background)),
+        ),
+        tokio::spawn(
+            auth.clone()
+                .poll_revocations_every(config.auth.revocation_poll, stopped(&stop_background)),
+        ),
+        tokio::spawn(
+            auth.keys()
+                .clone()
+                .watch(config.auth.key_set_poll, stopped(&stop_background)),
+        ),
+    ];
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::Serving).await;
@@ -112,12 +198,13 @@ pub async fn run(
         reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
     }
 
-    let auth = AdminAuth::new(config.admin_token.as_ref());
+    let admin_auth = AdminAuth::new(config.admin_token.as_ref());
     let admin = InterceptedService::new(
         pb::admin_service_server::AdminServiceServer::new(AdminApi {
             limiter: limiter.clone(),
+            auth: auth.clone(),
         }),
-        move |r| auth.check(r),
+        move |r| admin_auth.check(r),
     );
     let router = Server::builder()
         .tcp_nodelay(true)
@@ -134,6 +221,9 @@ pub async fn run(
                 limiter: limiter.clone(),
             }),
         )
+        .add_service(pb::auth_service_server::AuthServiceServer::new(AuthApi {
+            auth: auth.clone(),
+        }))
         .add_service(admin);
 
     let local = listener.local_addr().ok();
@@ -158,7 +248,9 @@ pub async fn run(
             }
         }
     };
-    let _ = stop_refresh.send(());
-    let _ = refresher.await;
+    let _ = stop_background.send(());
+    for task in background {
+        let _ = task.await;
+    }
     result
 }

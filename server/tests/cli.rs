@@ -5,10 +5,18 @@
 
 use std::process::Command;
 
+/// A JWT secret for runs that get past configuration (a Redis store requires one).
+const JWT_SECRET: &str = "cli-test-jwt-secret-0123456789abcdef0123";
+
 fn portcullis(args: &[&str]) -> std::process::Output {
+    portcullis_with_env(args, &[])
+}
+
+fn portcullis_with_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(args)
         .env_clear()
+        .envs(env.iter().copied())
         .output()
         .expect("run portcullis")
 }
@@ -27,6 +35,10 @@ fn help_lists_every_flag_and_its_variable() {
         ("--default-limit", "PORTCULLIS_DEFAULT_LIMIT"),
         ("--fail-mode", "PORTCULLIS_FAIL_MODE"),
         ("--store-timeout", "PORTCULLIS_STORE_TIMEOUT"),
+        ("--jwt-key-set", "PORTCULLIS_JWT_KEY_SET"),
+        ("--jwt-issuer", "PORTCULLIS_JWT_ISSUER"),
+        ("--jwt-audience", "PORTCULLIS_JWT_AUDIENCE"),
+        ("--access-token-ttl", "PORTCULLIS_ACCESS_TOKEN_TTL"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(var), "{var} missing from --help");
@@ -62,10 +74,27 @@ fn redis_errors_never_show_the_password() {
     ] {
         let mut all = vec!["--listen", "127.0.0.1:0"];
         all.extend(args);
-        let out = portcullis(&all);
+        let out = portcullis_with_env(&all, &[("JWT_SECRET_KEY", JWT_SECRET)]);
         assert!(!out.status.success(), "{args:?} must fail");
         let err = String::from_utf8(out.stderr).unwrap();
         assert!(err.contains("Redis"), "says what failed: {err}");
         assert!(!err.contains("hunter2secret"), "{err}");
     }
+}
+
+#[test]
+fn a_shared_store_without_a_jwt_key_is_refused() {
+    let out = portcullis(&["--redis-url", "redis://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("JWT_SECRET_KEY") && err.contains("--jwt-key-set"),
+        "{err}"
+    );
+
+    let out = portcullis_with_env(&[], &[("JWT_SECRET_KEY", "too-short-secret")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("32"), "names the minimum: {err}");
+    assert!(!err.contains("too-short-secret"), "{err}");
 }

@@ -911,8 +911,9 @@ fn build_layout(test_exe: &Path) -> Option<BuildLayout> {
     })
 }
 
-/// Builds the portcullis binary once per test process (later calls reuse the path).
-fn portcullis_binary() -> &'static Path {
+/// Builds the portcullis binary once per test process (later calls reuse the path); public for
+/// tests that run it to exit themselves, e.g. to see it refuse a configuration.
+pub fn portcullis_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(build_portcullis)
 }

@@ -13,6 +13,10 @@ use crate::harness::{RedisCluster, RedisTarget};
 /// The admin token every test server is configured with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-4f1c9e2a7b";
 
+/// The HS256 secret (`JWT_SECRET_KEY`) every test server signs access tokens with, unless a
+/// test passes its own keys; tests use it to forge and tamper with tokens.
+pub const JWT_SECRET: &str = "test-jwt-secret-0123456789abcdef0123456789";
+
 /// The store behind a test server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -63,8 +67,19 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server on `backend` with extra command-line arguments.
+    /// Starts a server on `backend` with extra command-line arguments, the admin token and
+    /// [`JWT_SECRET`].
     pub async fn start(backend: Backend, extra_args: &[&str]) -> TestServer {
+        Self::start_with_env(backend, extra_args, &[("JWT_SECRET_KEY", JWT_SECRET)]).await
+    }
+
+    /// Starts a server on `backend` with extra arguments and exactly these environment
+    /// variables besides the admin token (which `vars` may override).
+    pub async fn start_with_env(
+        backend: Backend,
+        extra_args: &[&str],
+        vars: &[(&str, &str)],
+    ) -> TestServer {
         let mut args: Vec<String> = vec!["portcullis".into()];
         match backend {
             Backend::Memory => {}
@@ -82,11 +97,12 @@ impl TestServer {
             }
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
-        let env: std::collections::HashMap<String, String> = [(
+        let mut env: std::collections::HashMap<String, String> = [(
             "PORTCULLIS_ADMIN_TOKEN".to_string(),
             ADMIN_TOKEN.to_string(),
         )]
         .into();
+        env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::load(&args, &env).expect("test config is valid");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await

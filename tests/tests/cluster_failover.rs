@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use portcullis_client::PortcullisClient;
 use portcullis_server::ratelimit::keys::check_key;
 use portcullis_tests::harness::{PortcullisProcess, RedisCluster};
-use portcullis_tests::server::unique;
+use portcullis_tests::server::{JWT_SECRET, unique};
 
 /// The port of the master serving `slot`, from `CLUSTER NODES` lines
 /// `<id> <ip:port@bus> <flags> <master> <ping> <pong> <epoch> <link> <slot ranges…>`.
@@ -37,7 +37,7 @@ async fn portcullis_follows_a_failover_without_restart() {
     let server = tokio::task::spawn_blocking(move || {
         PortcullisProcess::spawn(
             &["--redis-cluster", &seeds, "--store-timeout", "200ms"],
-            &[],
+            &[("JWT_SECRET_KEY", JWT_SECRET)],
         )
     })
     .await

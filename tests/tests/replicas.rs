@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use futures::future::join_all;
 use portcullis_client::{PortcullisClient, envoy, pb};
 use portcullis_tests::harness::{PortcullisProcess, RedisCluster, RedisServer};
-use portcullis_tests::server::unique;
+use portcullis_tests::server::{JWT_SECRET, unique};
+
+/// Replicas on one store must sign with one key (a Redis store without one is refused).
+const SHARED_KEY: (&str, &str) = ("JWT_SECRET_KEY", JWT_SECRET);
 
 const RATE_PER_MINUTE: u64 = 100;
 
@@ -68,7 +71,7 @@ fn spawn_replicas(store_args: &[&str]) -> Vec<PortcullisProcess> {
             // default; a timed-out call is denied by the fail mode (so never over-admits) but
             // may still have been counted, and this test measures the counter, not the fail mode.
             args.extend(["--default-limit", "100/1m", "--store-timeout", "10s"]);
-            PortcullisProcess::spawn(&args, &[])
+            PortcullisProcess::spawn(&args, &[SHARED_KEY])
         })
         .collect()
 }
@@ -128,7 +131,7 @@ async fn redis_outage_is_answered_by_fail_mode_and_heals() {
                 "--envoy-config",
                 &envoy_path,
             ],
-            &[],
+            &[SHARED_KEY],
         );
         let open = PortcullisProcess::spawn(
             &[
@@ -139,7 +142,7 @@ async fn redis_outage_is_answered_by_fail_mode_and_heals() {
                 "--store-timeout",
                 "100ms",
             ],
-            &[],
+            &[SHARED_KEY],
         );
         (closed, open)
     })
@@ -231,7 +234,7 @@ async fn runtime_limits_reach_every_replica_within_a_second() {
         .unwrap();
     let url = redis.url();
     let (a, b) = tokio::task::spawn_blocking(move || {
-        let env = [("PORTCULLIS_ADMIN_TOKEN", TOKEN)];
+        let env = [("PORTCULLIS_ADMIN_TOKEN", TOKEN), SHARED_KEY];
         (
             PortcullisProcess::spawn(&["--redis-url", &url], &env),
             PortcullisProcess::spawn(&["--redis-url", &url], &env),

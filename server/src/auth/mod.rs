@@ -1,7 +1,10 @@
-//! The authentication domain: passwords, access tokens and their keys, and the core that logs
-//! users in over the auth store. Knows neither tonic nor Redis. Not served over gRPC yet.
+//! The authentication domain: passwords, access tokens and their keys, the core that logs
+//! users in over the auth store, user administration and the audit trail. Knows neither tonic
+//! nor Redis.
 
+pub mod audit;
 pub mod model;
 pub mod password;
 pub mod service;
 pub mod tokens;
+pub mod users;

@@ -1,7 +1,8 @@
-//! The authentication core over any [`AuthStore`]: logins with lockout, access-token
-//! verification with revocation, refresh rotation, logout, password changes and user creation.
-//! Knows neither tonic nor Redis. Not served over gRPC yet.
+//! The authentication core over any store: logins with lockout and throttling, access-token
+//! verification with revocation, refresh rotation, logout and password changes, each recorded
+//! as an audit event. Knows neither tonic nor Redis.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -11,7 +12,8 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::model::{AttemptGate, LockoutSettings, RotateOutcome, Session, UserRecord};
+use super::audit::{self, CallContext, PendingAudit};
+use super::model::{AttemptGate, AuditEvent, LockoutSettings, RotateOutcome, Session, UserRecord};
 use super::password::{
     HashError, NewPasswordError, PasswordHasher, PasswordPolicy, PolicyViolation, Secret,
 };
@@ -20,8 +22,10 @@ use super::tokens::{
 };
 use crate::ratelimit::clock::unix_time;
 use crate::ratelimit::keys::{self, InvalidId};
-use crate::store::StoreError;
-use crate::store::auth::{AuthStore, hex};
+use crate::ratelimit::policy::Limit;
+use crate::ratelimit::{Limiter, RateLimitError};
+use crate::store::auth::{AuthStore, REVOCATIONS_BATCH, hex};
+use crate::store::{RateLimitStore, StoreError};
 
 /// The only scope of a token issued while the password must be changed.
 pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
@@ -48,11 +52,27 @@ pub struct AuthSettings {
     /// When true a locked account says so (`AccountLocked`); by default it looks exactly like
     /// a wrong password, against user enumeration.
     pub reveal_lockout: bool,
-    /// The rules a new password must meet.
-    pub policy: PasswordPolicy,
+    /// The rules a new password must meet, unless the tenant has its own.
+    pub default_policy: PasswordPolicy,
+    /// Tenants with their own password rules.
+    pub tenant_policies: HashMap<String, PasswordPolicy>,
+    /// Logins per (tenant, client IP) and per tenant, checked before any hashing.
+    pub login_limits: LoginLimits,
+    /// Audit events older than this are dropped from the store.
+    pub audit_retention_days: u32,
     /// Keys the username hash used as lockout subject and in audit events, so neither reveals
-    /// usernames nor can be precomputed from a list of them.
-    pub subject_key: Zeroizing<[u8; 32]>,
+    /// usernames nor can be precomputed from a list of them. `None`: the store's shared
+    /// `username-hash` secret, fetched on first use, so every replica hashes alike.
+    pub subject_key: Option<Zeroizing<[u8; 32]>>,
+}
+
+/// The login throttles.
+#[derive(Debug, Clone, Copy)]
+pub struct LoginLimits {
+    /// Per (tenant, client IP): slows one source guessing many accounts.
+    pub per_ip: Limit,
+    /// Per tenant: caps what a distributed guesser can make a tenant cost.
+    pub per_tenant: Limit,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -65,9 +85,22 @@ impl std::fmt::Debug for AuthSettings {
             .field("session_lifetime", &self.session_lifetime)
             .field("lockout", &self.lockout)
             .field("reveal_lockout", &self.reveal_lockout)
-            .field("policy", &self.policy)
+            .field("default_policy", &self.default_policy)
+            .field("tenant_policies", &self.tenant_policies)
+            .field("login_limits", &self.login_limits)
+            .field("audit_retention_days", &self.audit_retention_days)
             .field("subject_key", &"<redacted>")
             .finish()
+    }
+}
+
+impl AuthSettings {
+    /// The password rules of `tenant`.
+    pub fn policy_for(&self, tenant: &str) -> PasswordPolicy {
+        self.tenant_policies
+            .get(tenant)
+            .copied()
+            .unwrap_or(self.default_policy)
     }
 }
 
@@ -91,6 +124,12 @@ pub enum AuthError {
         /// When a retry may succeed; `None` until an admin unlocks.
         retry_after: Option<Duration>,
     },
+    /// Too many logins from this client or for this tenant; retry after the hint.
+    #[error("too many login attempts")]
+    Throttled {
+        /// When a retry may be admitted.
+        retry_after: Duration,
+    },
     /// Password hashing is at capacity; retry after the hint.
     #[error("password hashing is overloaded")]
     Overloaded {
@@ -98,20 +137,28 @@ pub enum AuthError {
         retry_after: Duration,
     },
     /// The new password breaks the policy.
-    #[error("password does not meet the policy: {0}")]
-    WeakPassword(PolicyViolation),
+    #[error("{field}: {violation}")]
+    WeakPassword {
+        /// The request field that held the password.
+        field: &'static str,
+        /// The rule that failed.
+        violation: PolicyViolation,
+    },
     /// The new password equals the current one.
-    #[error("the new password must differ from the current one")]
+    #[error("new_password: must differ from the current password")]
     PasswordReused,
     /// The access token is not valid.
-    #[error("invalid access token")]
+    #[error("invalid access token: {}", .0.reason())]
     InvalidToken(TokenError),
     /// The token's scope does not allow the call.
     #[error("the token's scope does not allow this call")]
     InsufficientScope,
-    /// The session was revoked, has expired, or its refresh token was reused.
+    /// The session was revoked or has expired.
     #[error("session ended")]
     SessionEnded,
+    /// An already-used refresh token was presented: the session is now revoked.
+    #[error("session ended")]
+    RefreshTokenReused,
     /// The username is taken in this tenant.
     #[error("username already exists in this tenant")]
     UsernameTaken,
@@ -147,10 +194,22 @@ impl From<HashError> for AuthError {
     }
 }
 
-impl From<NewPasswordError> for AuthError {
-    fn from(e: NewPasswordError) -> Self {
+impl From<RateLimitError> for AuthError {
+    fn from(e: RateLimitError) -> Self {
         match e {
-            NewPasswordError::Policy(v) => Self::WeakPassword(v),
+            RateLimitError::InvalidArgument { field, reason } => {
+                Self::InvalidArgument { field, reason }
+            }
+            RateLimitError::StoreUnavailable(e) | RateLimitError::Store(e) => Self::Store(e),
+        }
+    }
+}
+
+impl AuthError {
+    /// The error a new password's problem means, for the request field `field`.
+    fn new_password(field: &'static str, e: NewPasswordError) -> Self {
+        match e {
+            NewPasswordError::Policy(violation) => Self::WeakPassword { field, violation },
             NewPasswordError::Hash(h) => h.into(),
         }
     }
@@ -165,7 +224,7 @@ pub struct LoginInput<'a> {
     pub username: &'a str,
     /// The password, compared exactly as sent.
     pub password: &'a Secret,
-    /// The end user's address, for the session record.
+    /// The end user's address, for throttling, the session record and the audit log.
     pub client_ip: &'a str,
 }
 
@@ -224,17 +283,24 @@ struct RevocationCache {
 /// The authentication core.
 #[derive(Debug)]
 pub struct Authenticator<S> {
-    /// Users, lockouts, sessions, revocations.
-    store: S,
+    /// Users, lockouts, sessions, revocations, audit events.
+    pub(super) store: S,
     /// Argon2id under a bounded semaphore.
-    hasher: PasswordHasher,
+    pub(super) hasher: PasswordHasher,
     /// Signing and verification keys; reloaded when the key-set file changes.
     keys: Arc<ReloadingKeyRing>,
     /// Lifetimes, lockout, policy.
-    settings: AuthSettings,
+    pub(super) settings: AuthSettings,
     /// Revoked sessions, for token verification without a store call.
     revocations: RevocationCache,
+    /// The rate limiter the login throttles run on (the same store's counters).
+    throttle: Option<Arc<Limiter<S>>>,
+    /// The username-hash key in force (see [`AuthSettings::subject_key`]).
+    subject_key: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
 }
+
+/// The name of the store-wide secret that keys username hashes.
+const SUBJECT_KEY_NAME: &str = "username-hash";
 
 fn unix_now() -> u64 {
     unix_time().as_secs()
@@ -245,7 +311,7 @@ fn unix_now_ms() -> u64 {
 }
 
 /// `n` random bytes, base64url: ids (16 bytes) and refresh secrets (32 bytes).
-fn random_token(n: usize) -> Result<String, AuthError> {
+pub(super) fn random_token(n: usize) -> Result<String, AuthError> {
     let mut bytes = Zeroizing::new(vec![0u8; n]);
     getrandom::fill(&mut bytes).map_err(|_| AuthError::Internal)?;
     Ok(B64URL.encode(&*bytes))
@@ -273,8 +339,18 @@ fn parse_refresh_token(token: &str) -> Option<(String, &str, &str)> {
     (!sid.is_empty() && secret.len() >= 43).then_some((tenant, sid, secret))
 }
 
-impl<S: AuthStore> Authenticator<S> {
-    /// A core over `store` with these keys and settings.
+/// The (tenant, session id) a refresh token names, or INVALID_ARGUMENT on `refresh_token`.
+fn refresh_target(token: &str) -> Result<(String, &str, &str), AuthError> {
+    let parsed = parse_refresh_token(token).ok_or_else(|| AuthError::InvalidArgument {
+        field: "refresh_token".into(),
+        reason: "is malformed".into(),
+    })?;
+    keys::validate_id("refresh_token", &parsed.0, true)?;
+    Ok(parsed)
+}
+
+impl<S: AuthStore + RateLimitStore> Authenticator<S> {
+    /// A core over `store` with these keys and settings, without login throttles.
     pub fn new(
         store: S,
         hasher: PasswordHasher,
@@ -285,24 +361,85 @@ impl<S: AuthStore> Authenticator<S> {
             store,
             hasher,
             keys,
-            settings,
             revocations: RevocationCache::default(),
+            throttle: None,
+            subject_key: tokio::sync::OnceCell::new_with(settings.subject_key.clone()),
+            settings,
         }
+    }
+
+    /// Throttles logins with `limiter` (per `settings.login_limits`).
+    pub fn with_login_throttle(mut self, limiter: Arc<Limiter<S>>) -> Self {
+        self.throttle = Some(limiter);
+        self
+    }
+
+    /// The keys in force.
+    pub fn keys(&self) -> &Arc<ReloadingKeyRing> {
+        &self.keys
+    }
+
+    /// The password hasher (for its queue depth and bounds).
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
     }
 
     /// The lockout subject (and audit name) of a username: a keyed hash, so unknown users are
     /// counted like known ones and no username is stored in clear outside its record.
-    pub fn subject(&self, tenant: &str, username: &str) -> String {
+    pub async fn subject(&self, tenant: &str, username: &str) -> Result<String, AuthError> {
+        let key = self
+            .subject_key
+            .get_or_try_init(|| async {
+                let mut candidate = Zeroizing::new([0u8; 32]);
+                getrandom::fill(candidate.as_mut_slice()).map_err(|_| AuthError::Internal)?;
+                let shared = self
+                    .store
+                    .shared_secret(SUBJECT_KEY_NAME, &candidate)
+                    .await?;
+                Ok::<_, AuthError>(Zeroizing::new(shared))
+            })
+            .await?;
         let mut h = Sha256::new();
-        h.update(self.settings.subject_key.as_slice());
+        h.update(key.as_slice());
         h.update((tenant.len() as u64).to_be_bytes());
         h.update(tenant.as_bytes());
         h.update(username.as_bytes());
-        hex(&h.finalize())
+        Ok(hex(&h.finalize()))
     }
 
-    /// Creates a user; the password must meet the policy.
-    pub async fn create_user(&self, new: NewUser<'_>) -> Result<UserRecord, AuthError> {
+    /// Writes a finished event to the log and to the tenant's stream. A store failure is
+    /// logged, not returned: the call's own outcome stands, and the log line keeps the event.
+    pub async fn record(&self, event: AuditEvent) {
+        audit::log(&event);
+        if !audit::has_stream(&event) {
+            return;
+        }
+        if let Err(e) = self
+            .store
+            .append_audit(&event, self.settings.audit_retention_days)
+            .await
+        {
+            tracing::warn!(error = %e, action = %event.action, "audit event not stored");
+        }
+    }
+
+    /// Runs `call` as the audited action `action` of `tenant`.
+    pub(super) async fn audited<T>(
+        &self,
+        ctx: &CallContext,
+        tenant: &str,
+        action: &'static str,
+        call: impl AsyncFnOnce(&mut PendingAudit) -> Result<T, AuthError>,
+    ) -> Result<T, AuthError> {
+        let mut pending = PendingAudit::new(ctx, tenant, action);
+        let result = call(&mut pending).await;
+        self.record(pending.finish(&result)).await;
+        result
+    }
+
+    /// Creates a user; the password must meet the tenant's policy. Not audited: admins go
+    /// through [`admin_create_user`](Self::admin_create_user).
+    pub(crate) async fn create_user(&self, new: NewUser<'_>) -> Result<UserRecord, AuthError> {
         keys::validate_id("tenant_id", new.tenant, true)?;
         keys::validate_id("username", new.username, true)?;
         for (i, role) in new.roles.iter().enumerate() {
@@ -310,8 +447,13 @@ impl<S: AuthStore> Authenticator<S> {
         }
         let hash = self
             .hasher
-            .hash_new(self.settings.policy, new.password, &[new.username])
-            .await?;
+            .hash_new(
+                self.settings.policy_for(new.tenant),
+                new.password,
+                &[new.username, new.tenant],
+            )
+            .await
+            .map_err(|e| AuthError::new_password("initial_password", e))?;
         let user = UserRecord {
             user_id: random_token(16)?,
             tenant_id: new.tenant.to_owned(),
@@ -328,24 +470,68 @@ impl<S: AuthStore> Authenticator<S> {
         Ok(user)
     }
 
-    /// Verifies a password and opens a session.
+    /// Verifies a password and opens a session; audited as `login`.
     ///
-    /// The attempt is counted before the password is evaluated, so parallel guesses across
-    /// replicas cannot get more than the lockout allows. An unknown user and a locked account
-    /// cost one dummy verify through the same queue, so they look like a wrong password in
-    /// status, message and timing.
-    pub async fn login(&self, input: LoginInput<'_>) -> Result<Tokens, AuthError> {
-        keys::validate_id("tenant_id", input.tenant, true)?;
-        keys::validate_id("username", input.username, true)?;
-        keys::validate_id("client_ip", input.client_ip, false)?;
-        let subject = self.subject(input.tenant, input.username);
+    /// Throttles come first, then the attempt is counted before the password is evaluated, so
+    /// parallel guesses across replicas cannot get more than the lockout allows. An unknown
+    /// user and a locked account cost one dummy verify through the same queue, so they look
+    /// like a wrong password in status, message and timing.
+    pub async fn login(
+        &self,
+        input: LoginInput<'_>,
+        ctx: &CallContext,
+    ) -> Result<Tokens, AuthError> {
+        let ctx = CallContext {
+            client_ip: input.client_ip.to_owned(),
+            ..ctx.clone()
+        };
+        self.audited(&ctx, input.tenant, "login", async |audit| {
+            keys::validate_id("tenant_id", input.tenant, true)?;
+            keys::validate_id("username", input.username, true)?;
+            keys::validate_id("client_ip", input.client_ip, false)?;
+            let subject = self.subject(input.tenant, input.username).await?;
+            audit.event.username_hash = subject.clone();
+            self.check_login_throttles(input.tenant, input.client_ip)
+                .await?;
+            self.login_verified(&input, &subject, audit).await
+        })
+        .await
+    }
+
+    async fn check_login_throttles(&self, tenant: &str, client_ip: &str) -> Result<(), AuthError> {
+        let Some(limiter) = &self.throttle else {
+            return Ok(());
+        };
+        let limits = self.settings.login_limits;
+        let checks = [
+            (
+                keys::throttle_key(tenant, "login-ip", client_ip),
+                limits.per_ip,
+            ),
+            (keys::throttle_key(tenant, "login", ""), limits.per_tenant),
+        ];
+        for (key, limit) in checks {
+            if let Some(retry_after) = limiter.throttle(key, limit).await? {
+                return Err(AuthError::Throttled { retry_after });
+            }
+        }
+        Ok(())
+    }
+
+    async fn login_verified(
+        &self,
+        input: &LoginInput<'_>,
+        subject: &str,
+        audit: &mut PendingAudit,
+    ) -> Result<Tokens, AuthError> {
         let lockout = &self.settings.lockout;
         let gate = self
             .store
-            .begin_attempt(input.tenant, &subject, lockout, unix_now_ms())
+            .begin_attempt(input.tenant, subject, lockout, unix_now_ms())
             .await?;
         if let AttemptGate::Locked { retry_after } = gate {
             self.hasher.verify_dummy(input.password).await?;
+            audit.outcome = Some("locked");
             return Err(if self.settings.reveal_lockout {
                 AuthError::AccountLocked { retry_after }
             } else {
@@ -353,6 +539,9 @@ impl<S: AuthStore> Authenticator<S> {
             });
         }
         let user = self.store.find_user(input.tenant, input.username).await?;
+        if let Some(u) = &user {
+            audit.user(&u.user_id);
+        }
         let verified = match &user {
             Some(u) => Some(self.hasher.verify(input.password, &u.password_hash).await?),
             None => {
@@ -362,12 +551,12 @@ impl<S: AuthStore> Authenticator<S> {
         };
         let (Some(mut user), Some(verified)) = (user, verified.filter(|v| v.matches)) else {
             self.store
-                .finish_attempt(input.tenant, &subject, false, lockout, unix_now_ms())
+                .finish_attempt(input.tenant, subject, false, lockout, unix_now_ms())
                 .await?;
             return Err(AuthError::InvalidCredentials);
         };
         self.store
-            .finish_attempt(input.tenant, &subject, true, lockout, unix_now_ms())
+            .finish_attempt(input.tenant, subject, true, lockout, unix_now_ms())
             .await?;
         if verified.needs_rehash {
             // Upgrade to the configured parameters while the password is at hand; a failure
@@ -455,10 +644,18 @@ impl<S: AuthStore> Authenticator<S> {
     /// Verifies an access token: signature, lifetime, issuer, audience, type, the expected
     /// tenant when given, and that its session was not revoked (as of the last feed poll).
     pub fn verify(&self, token: &str, tenant: Option<&str>) -> Result<AccessClaims, AuthError> {
-        let claims = self
-            .keys
-            .current()
-            .verify(
+        self.verify_keyed(token, tenant).map(|(claims, _)| claims)
+    }
+
+    /// [`verify`](Self::verify), also returning the kid of the key that verified the token.
+    pub fn verify_keyed(
+        &self,
+        token: &str,
+        tenant: Option<&str>,
+    ) -> Result<(AccessClaims, String), AuthError> {
+        let ring = self.keys.current();
+        let (claims, key) = ring
+            .verify_keyed(
                 token,
                 &VerifyExpectations {
                     issuer: &self.settings.issuer,
@@ -471,11 +668,11 @@ impl<S: AuthStore> Authenticator<S> {
         if tenant.is_some_and(|t| t != claims.tid) {
             return Err(AuthError::InvalidToken(TokenError::WrongAudience));
         }
-        let key = (claims.tid.clone(), claims.sid.clone());
-        if self.revocations.revoked.contains_key(&key) {
+        let session = (claims.tid.clone(), claims.sid.clone());
+        if self.revocations.revoked.contains_key(&session) {
             return Err(AuthError::SessionEnded);
         }
-        Ok(claims)
+        Ok((claims, key.kid().to_owned()))
     }
 
     /// Reads new revocations from the store's feed; every replica calls this often (the
@@ -495,110 +692,163 @@ impl<S: AuthStore> Authenticator<S> {
         Ok(count)
     }
 
-    /// Exchanges a refresh token for new tokens; the refresh token rotates. Presenting an
-    /// earlier one again ends the whole session (it was stolen or replayed).
-    pub async fn refresh(&self, token: &str) -> Result<Tokens, AuthError> {
-        let (tenant, sid, secret) =
-            parse_refresh_token(token).ok_or_else(|| AuthError::InvalidArgument {
-                field: "refresh_token".into(),
-                reason: "is malformed".into(),
-            })?;
-        keys::validate_id("refresh_token", &tenant, true)?;
-        let new_secret = Zeroizing::new(random_token(32)?);
-        let outcome = self
-            .store
-            .rotate_refresh(
-                &tenant,
-                sid,
-                &sha256_hex(secret),
-                &sha256_hex(&new_secret),
-                unix_now(),
-                self.settings.session_idle,
-            )
-            .await?;
-        let session = match outcome {
-            RotateOutcome::Rotated(session) => session,
-            RotateOutcome::Reused => {
-                tracing::warn!(target: "audit", tenant = %tenant, session = %sid, "refresh token reused: session revoked");
-                return Err(AuthError::SessionEnded);
+    /// Polls the revocation feed every `every` until `stop` resolves, draining full batches
+    /// at once; a store outage is logged when it starts and when it ends.
+    pub async fn poll_revocations_every(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                () = &mut stop => return,
+                _ = tick.tick() => {}
             }
-            RotateOutcome::NotFound => return Err(AuthError::SessionEnded),
-        };
-        let user = self
-            .store
-            .get_user(&tenant, &session.user_id)
-            .await?
-            .ok_or(AuthError::SessionEnded)?;
-        self.tokens_for(&user, &session, &new_secret)
+            let polled = loop {
+                match self.poll_revocations().await {
+                    Ok(n) if n >= REVOCATIONS_BATCH => continue,
+                    other => break other,
+                }
+            };
+            match polled {
+                Ok(_) if failing => {
+                    failing = false;
+                    tracing::info!("revocation feed reachable again");
+                }
+                Ok(_) => {}
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cannot read the revocation feed; revoked sessions elsewhere may verify until it recovers");
+                }
+                Err(_) => {}
+            }
+        }
     }
 
-    /// Ends the session named by either token; false when it had already ended.
+    /// Exchanges a refresh token for new tokens; the refresh token rotates. Presenting an
+    /// earlier one again ends the whole session (it was stolen or replayed). Audited as
+    /// `refresh`.
+    pub async fn refresh(&self, token: &str, ctx: &CallContext) -> Result<Tokens, AuthError> {
+        let tenant = parse_refresh_token(token).map(|t| t.0).unwrap_or_default();
+        self.audited(ctx, &tenant, "refresh", async |audit| {
+            let (tenant, sid, secret) = refresh_target(token)?;
+            let new_secret = Zeroizing::new(random_token(32)?);
+            let outcome = self
+                .store
+                .rotate_refresh(
+                    &tenant,
+                    sid,
+                    &sha256_hex(secret),
+                    &sha256_hex(&new_secret),
+                    unix_now(),
+                    self.settings.session_idle,
+                )
+                .await?;
+            let session = match outcome {
+                RotateOutcome::Rotated(session) => session,
+                RotateOutcome::Reused => return Err(AuthError::RefreshTokenReused),
+                RotateOutcome::NotFound => return Err(AuthError::SessionEnded),
+            };
+            audit.user(&session.user_id);
+            let user = self
+                .store
+                .get_user(&tenant, &session.user_id)
+                .await?
+                .ok_or(AuthError::SessionEnded)?;
+            self.tokens_for(&user, &session, &new_secret)
+        })
+        .await
+    }
+
+    /// Ends the session named by either token; false when it had already ended. Audited as
+    /// `logout`.
     pub async fn logout(
         &self,
         refresh_token: Option<&str>,
         access_token: Option<&str>,
+        ctx: &CallContext,
     ) -> Result<bool, AuthError> {
-        let (tenant, sid) = match (refresh_token, access_token) {
+        let target = match (refresh_token, access_token) {
             (Some(r), _) => {
-                let (tenant, sid, _) =
-                    parse_refresh_token(r).ok_or_else(|| AuthError::InvalidArgument {
-                        field: "refresh_token".into(),
-                        reason: "is malformed".into(),
-                    })?;
-                (tenant, sid.to_owned())
+                refresh_target(r).map(|(tenant, sid, _)| (tenant, sid.to_owned(), None))
             }
-            (None, Some(a)) => {
-                let claims = self.verify(a, None)?;
-                (claims.tid, claims.sid)
-            }
-            (None, None) => {
-                return Err(AuthError::InvalidArgument {
-                    field: "refresh_token".into(),
-                    reason: "or access_token is required".into(),
-                });
-            }
+            (None, Some(a)) => self
+                .verify(a, None)
+                .map(|claims| (claims.tid, claims.sid, Some(claims.sub))),
+            (None, None) => Err(AuthError::InvalidArgument {
+                field: "refresh_token".into(),
+                reason: "or access_token is required".into(),
+            }),
         };
-        keys::validate_id("refresh_token", &tenant, true)?;
-        Ok(self.store.revoke_session(&tenant, &sid).await?)
+        let tenant = target.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        self.audited(ctx, &tenant, "logout", async |audit| {
+            let (tenant, sid, user) = target?;
+            if let Some(user) = &user {
+                audit.user(user);
+            }
+            let revoked = self.store.revoke_session(&tenant, &sid).await?;
+            if !revoked {
+                audit.outcome = Some("not_found");
+            }
+            Ok(revoked)
+        })
+        .await
     }
 
-    /// Changes the caller's password: needs the current one, applies the policy, refuses the
-    /// same password, clears the must-change flag and ends the user's other sessions.
-    /// Returns the number of sessions ended.
+    /// Changes the caller's password: needs the current one, applies the tenant's policy,
+    /// refuses the same password, clears the must-change flag and ends the user's other
+    /// sessions. Returns the number of sessions ended. Audited as `password.change`.
     pub async fn change_password(
         &self,
         access_token: &str,
         current: &Secret,
         new: &Secret,
+        ctx: &CallContext,
     ) -> Result<u32, AuthError> {
-        let claims = self.verify(access_token, None)?;
-        if !claims.has_scope(PASSWORD_CHANGE_SCOPE) && !claims.has_scope(API_SCOPE) {
-            return Err(AuthError::InsufficientScope);
-        }
-        let mut user = self
-            .store
-            .get_user(&claims.tid, &claims.sub)
-            .await?
-            .ok_or(AuthError::NotFound)?;
-        let verified = self.hasher.verify(current, &user.password_hash).await?;
-        if !verified.matches {
-            return Err(AuthError::InvalidCredentials);
-        }
-        if current.expose() == new.expose() {
-            return Err(AuthError::PasswordReused);
-        }
-        user.password_hash = self
-            .hasher
-            .hash_new(self.settings.policy, new, &[&user.username])
-            .await?;
-        user.must_change_password = false;
-        if !self.store.update_user(&user).await? {
-            return Err(AuthError::NotFound);
-        }
-        Ok(self
-            .store
-            .revoke_user_sessions(&claims.tid, &claims.sub, Some(&claims.sid))
-            .await?)
+        let claims = self.verify(access_token, None);
+        let tenant = claims.as_ref().map(|c| c.tid.clone()).unwrap_or_default();
+        self.audited(ctx, &tenant, "password.change", async |audit| {
+            let claims = claims?;
+            audit.user(&claims.sub);
+            if !claims.has_scope(PASSWORD_CHANGE_SCOPE) && !claims.has_scope(API_SCOPE) {
+                return Err(AuthError::InsufficientScope);
+            }
+            let mut user = self
+                .store
+                .get_user(&claims.tid, &claims.sub)
+                .await?
+                .ok_or(AuthError::SessionEnded)?;
+            audit.event.username_hash = self.subject(&user.tenant_id, &user.username).await?;
+            let verified = self.hasher.verify(current, &user.password_hash).await?;
+            if !verified.matches {
+                return Err(AuthError::InvalidCredentials);
+            }
+            if current.expose() == new.expose() {
+                return Err(AuthError::PasswordReused);
+            }
+            user.password_hash = self
+                .hasher
+                .hash_new(
+                    self.settings.policy_for(&claims.tid),
+                    new,
+                    &[&user.username, &claims.tid],
+                )
+                .await
+                .map_err(|e| AuthError::new_password("new_password", e))?;
+            user.must_change_password = false;
+            if !self.store.update_user(&user).await? {
+                return Err(AuthError::SessionEnded);
+            }
+            Ok(self
+                .store
+                .revoke_user_sessions(&claims.tid, &claims.sub, Some(&claims.sid))
+                .await?)
+        })
+        .await
     }
 }
 
@@ -627,10 +877,20 @@ mod tests {
             session_lifetime: Duration::from_secs(86_400),
             lockout,
             reveal_lockout,
-            policy: PasswordPolicy::Guide,
-            subject_key: Zeroizing::new([9u8; 32]),
+            default_policy: PasswordPolicy::Guide,
+            tenant_policies: HashMap::new(),
+            login_limits: LoginLimits {
+                per_ip: Limit::new(1000, Duration::from_secs(60), 1000).unwrap(),
+                per_tenant: Limit::new(1000, Duration::from_secs(60), 1000).unwrap(),
+            },
+            audit_retention_days: 1,
+            subject_key: Some(Zeroizing::new([9u8; 32])),
         };
         Authenticator::new(MemoryStore::new(), hasher, keys, settings)
+    }
+
+    fn ctx() -> CallContext {
+        CallContext::default()
     }
 
     const GOOD: &str = "Vq7#mLx2!pRz9w";
@@ -653,12 +913,15 @@ mod tests {
     }
 
     async fn login(a: &Authenticator<MemoryStore>, password: &str) -> Result<Tokens, AuthError> {
-        a.login(LoginInput {
-            tenant: "acme",
-            username: "alice",
-            password: &secret(password),
-            client_ip: "10.0.0.1",
-        })
+        a.login(
+            LoginInput {
+                tenant: "acme",
+                username: "alice",
+                password: &secret(password),
+                client_ip: "10.0.0.1",
+            },
+            &ctx(),
+        )
         .await
     }
 
@@ -679,20 +942,24 @@ mod tests {
             Err(AuthError::InvalidToken(_))
         ));
 
-        let r = a.refresh(&t.refresh_token).await.unwrap();
+        let r = a.refresh(&t.refresh_token, &ctx()).await.unwrap();
         assert_eq!(r.session_id, t.session_id);
         assert_ne!(
             *r.refresh_token, *t.refresh_token,
             "the refresh token rotates"
         );
-        assert!(a.logout(Some(&r.refresh_token), None).await.unwrap());
+        assert!(
+            a.logout(Some(&r.refresh_token), None, &ctx())
+                .await
+                .unwrap()
+        );
         a.poll_revocations().await.unwrap();
         assert!(matches!(
             a.verify(&r.access_token, None),
             Err(AuthError::SessionEnded)
         ));
         assert!(matches!(
-            a.refresh(&r.refresh_token).await,
+            a.refresh(&r.refresh_token, &ctx()).await,
             Err(AuthError::SessionEnded)
         ));
     }
@@ -702,14 +969,14 @@ mod tests {
         let a = authenticator(LockoutSettings::default(), false);
         user(&a, false).await;
         let t = login(&a, GOOD).await.unwrap();
-        let r = a.refresh(&t.refresh_token).await.unwrap();
+        let r = a.refresh(&t.refresh_token, &ctx()).await.unwrap();
         assert!(matches!(
-            a.refresh(&t.refresh_token).await,
-            Err(AuthError::SessionEnded)
+            a.refresh(&t.refresh_token, &ctx()).await,
+            Err(AuthError::RefreshTokenReused)
         ));
         assert!(
             matches!(
-                a.refresh(&r.refresh_token).await,
+                a.refresh(&r.refresh_token, &ctx()).await,
                 Err(AuthError::SessionEnded)
             ),
             "the thief's use killed the legitimate one too"
@@ -726,12 +993,15 @@ mod tests {
         let a = authenticator(LockoutSettings::default(), false);
         user(&a, false).await;
         let unknown = a
-            .login(LoginInput {
-                tenant: "acme",
-                username: "mallory",
-                password: &secret(GOOD),
-                client_ip: "",
-            })
+            .login(
+                LoginInput {
+                    tenant: "acme",
+                    username: "mallory",
+                    password: &secret(GOOD),
+                    client_ip: "",
+                },
+                &ctx(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(unknown, AuthError::InvalidCredentials));
@@ -783,19 +1053,19 @@ mod tests {
         let other_session = login(&a, GOOD).await.unwrap();
 
         let weak = a
-            .change_password(&t.access_token, &secret(GOOD), &secret("short"))
+            .change_password(&t.access_token, &secret(GOOD), &secret("short"), &ctx())
             .await;
-        assert!(matches!(weak, Err(AuthError::WeakPassword(_))));
+        assert!(matches!(weak, Err(AuthError::WeakPassword { .. })));
         let same = a
-            .change_password(&t.access_token, &secret(GOOD), &secret(GOOD))
+            .change_password(&t.access_token, &secret(GOOD), &secret(GOOD), &ctx())
             .await;
         assert!(matches!(same, Err(AuthError::PasswordReused)));
         let wrong = a
-            .change_password(&t.access_token, &secret(OTHER), &secret(OTHER))
+            .change_password(&t.access_token, &secret(OTHER), &secret(OTHER), &ctx())
             .await;
         assert!(matches!(wrong, Err(AuthError::InvalidCredentials)));
         assert_eq!(
-            a.change_password(&t.access_token, &secret(GOOD), &secret(OTHER))
+            a.change_password(&t.access_token, &secret(GOOD), &secret(OTHER), &ctx())
                 .await
                 .unwrap(),
             1
@@ -841,7 +1111,7 @@ mod tests {
                 must_change_password: true,
             })
             .await;
-        assert!(matches!(weak, Err(AuthError::WeakPassword(_))));
+        assert!(matches!(weak, Err(AuthError::WeakPassword { .. })));
         let bad = a
             .create_user(NewUser {
                 tenant: "",

@@ -1,8 +1,12 @@
 //! The one place domain errors become gRPC statuses; each arm says whether a caller may retry.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::auth::service::AuthError;
 use crate::ratelimit::RateLimitError;
 
 impl From<RateLimitError> for Status {
@@ -18,6 +22,119 @@ impl From<RateLimitError> for Status {
             RateLimitError::StoreUnavailable(_) => Status::unavailable(e.to_string()),
             // Not retryable by the caller: a bug or corrupt data, logged where it happened.
             RateLimitError::Store(_) => Status::internal(e.to_string()),
+        }
+    }
+}
+
+/// `ErrorInfo.domain` of every Portcullis error.
+pub const ERROR_DOMAIN: &str = "portcullis";
+
+/// A status with an `ErrorInfo` reason and, when given, a `RetryInfo` delay.
+fn with_reason(
+    code: Code,
+    message: String,
+    reason: &str,
+    metadata: HashMap<String, String>,
+    retry_after: Option<Duration>,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata);
+    if let Some(delay) = retry_after {
+        details.set_retry_info(Some(delay));
+    }
+    Status::with_error_details(code, message, details)
+}
+
+fn bad_request(message: String, field: &str, reason: String) -> Status {
+    Status::with_error_details(
+        Code::InvalidArgument,
+        message,
+        ErrorDetails::with_bad_request_violation(field, reason),
+    )
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        let message = e.to_string();
+        let none = HashMap::new;
+        match e {
+            // Not retryable: the same request fails the same way.
+            AuthError::InvalidArgument { field, reason } => bad_request(message, &field, reason),
+            AuthError::WeakPassword { field, violation } => {
+                let rule = violation.rule.as_str().to_owned();
+                let mut details =
+                    ErrorDetails::with_bad_request_violation(field, violation.to_string());
+                details.set_error_info("WEAK_PASSWORD", ERROR_DOMAIN, [("rule".to_owned(), rule)]);
+                Status::with_error_details(Code::InvalidArgument, message, details)
+            }
+            AuthError::PasswordReused => bad_request(
+                message,
+                "new_password",
+                "must differ from the current password".into(),
+            ),
+            // Not retryable with the same credentials. One reason for unknown user, wrong
+            // password and (unless revealed) a locked account: nothing to enumerate.
+            AuthError::InvalidCredentials => with_reason(
+                Code::Unauthenticated,
+                message,
+                "INVALID_CREDENTIALS",
+                none(),
+                None,
+            ),
+            // Retryable after the lock ends (RetryInfo), or after an admin unlocks.
+            AuthError::AccountLocked { retry_after } => with_reason(
+                Code::Unauthenticated,
+                message,
+                "ACCOUNT_LOCKED",
+                none(),
+                retry_after,
+            ),
+            // Retryable after the hint.
+            AuthError::Throttled { retry_after } => with_reason(
+                Code::ResourceExhausted,
+                message,
+                "LOGIN_THROTTLED",
+                none(),
+                Some(retry_after),
+            ),
+            // Retryable after the hint: hashing capacity frees up as calls finish.
+            AuthError::Overloaded { retry_after } => with_reason(
+                Code::ResourceExhausted,
+                message,
+                "HASHING_OVERLOADED",
+                none(),
+                Some(retry_after),
+            ),
+            // Not retryable: the caller needs a new token (log in or refresh).
+            AuthError::InvalidToken(problem) => with_reason(
+                Code::Unauthenticated,
+                message,
+                "INVALID_TOKEN",
+                [("problem".to_owned(), problem.reason().to_owned())].into(),
+                None,
+            ),
+            // Not retryable: the session is over; log in again.
+            AuthError::SessionEnded | AuthError::RefreshTokenReused => with_reason(
+                Code::Unauthenticated,
+                message,
+                "SESSION_ENDED",
+                none(),
+                None,
+            ),
+            // Not retryable with this token.
+            AuthError::InsufficientScope => with_reason(
+                Code::PermissionDenied,
+                message,
+                "INSUFFICIENT_SCOPE",
+                none(),
+                None,
+            ),
+            // Not retryable.
+            AuthError::UsernameTaken => Status::already_exists(message),
+            AuthError::NotFound => Status::not_found(message),
+            // Retryable: the store is down or slow and recovers on its own.
+            AuthError::Store(store) if store.transient => Status::unavailable(message),
+            // Not retryable by the caller: a bug or corrupt data, logged where it happened.
+            AuthError::Store(_) | AuthError::Internal => Status::internal("internal error"),
         }
     }
 }

@@ -81,6 +81,22 @@ pub fn check_key(tenant: &str, resource: &str, key: &str) -> String {
     out
 }
 
+/// The counter key of one of the service's own throttles (e.g. logins per client IP):
+/// `rlt:{tenant}:kind`, plus `:id` when given. A prefix of its own, so no `Check` resource can
+/// share (or drain) a throttle's counter.
+pub fn throttle_key(tenant: &str, kind: &str, id: &str) -> String {
+    let mut out = String::with_capacity(10 + tenant.len() + kind.len() + id.len());
+    out.push_str("rlt:{");
+    push_escaped(&mut out, tenant);
+    out.push_str("}:");
+    out.push_str(kind);
+    if !id.is_empty() {
+        out.push(':');
+        push_escaped(&mut out, id);
+    }
+    out
+}
+
 /// An authentication key: `auth:{tenant}:kind:id`, with tenant and id escaped like counter
 /// keys, so one tenant's auth keys share a Cluster slot (multi-key scripts stay legal) and no
 /// id can reach another tenant's keys. `kind` is a fixed word chosen by the store.

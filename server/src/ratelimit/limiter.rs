@@ -432,6 +432,38 @@ impl<S: RateLimitStore> Limiter<S> {
         }
     }
 
+    /// Takes one unit from `key` under `limit`, outside the policy table: the service's own
+    /// throttles (logins). `Ok(None)` admits, `Ok(Some(wait))` refuses until `wait` has passed.
+    /// A store failure is an error whatever the fail modes say: the caller decides.
+    pub async fn throttle(
+        &self,
+        key: String,
+        limit: Limit,
+    ) -> Result<Option<Duration>, RateLimitError> {
+        let sent_at = Instant::now();
+        if let Some(hit) = self
+            .deny_cache
+            .as_ref()
+            .and_then(|c| c.lookup(&key, 1, sent_at))
+        {
+            return Ok(Some(hit.retry_after));
+        }
+        let batch = [LimitRequest {
+            key,
+            gcra: limit.gcra(),
+            cost: 1,
+            enforced: true,
+        }];
+        let outcome = self.decide(&batch).await?;
+        self.remember_denials(&batch, &outcome, sent_at);
+        Ok(match outcome.keys.first().map(|k| k.verdict) {
+            Some(Verdict::Allowed) => None,
+            Some(Verdict::Denied { retry_after_us }) => Some(Duration::from_micros(retry_after_us)),
+            // A burst of 0 cannot be configured; treat anything else as a refusal for a period.
+            _ => Some(limit.period()),
+        })
+    }
+
     /// Decides an Envoy `ShouldRateLimit` request: all descriptors together, all or nothing.
     pub async fn should_rate_limit(
         &self,

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::keyring::KeyRing;
+use super::keyring::{Key, KeyRing};
 use crate::ratelimit::keys::{MAX_ID_LEN, id_problem};
 
 /// The `typ` header of every access token (RFC 9068).
@@ -368,6 +368,15 @@ impl KeyRing {
         token: &str,
         expected: &VerifyExpectations<'_>,
     ) -> Result<AccessClaims, TokenError> {
+        self.verify_keyed(token, expected).map(|(claims, _)| claims)
+    }
+
+    /// [`verify`](Self::verify), also naming the key that verified the token.
+    pub fn verify_keyed(
+        &self,
+        token: &str,
+        expected: &VerifyExpectations<'_>,
+    ) -> Result<(AccessClaims, &Key), TokenError> {
         if token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Malformed);
         }
@@ -443,7 +452,7 @@ impl KeyRing {
         if claims.nbf > latest_start || claims.iat > latest_start {
             return Err(TokenError::NotYetValid);
         }
-        Ok(claims)
+        Ok((claims, key))
     }
 
     /// The JWKS (RFC 7517) relying parties fetch: the Ed25519 keys' public halves only.

@@ -838,9 +838,9 @@ impl ReloadingKeyRing {
     }
 
     /// A ring that never changes (keys from the environment, or ephemeral).
-    pub fn fixed(ring: KeyRing) -> Self {
+    pub fn fixed(ring: impl Into<Arc<KeyRing>>) -> Self {
         Self {
-            ring: ArcSwap::from_pointee(ring),
+            ring: ArcSwap::new(ring.into()),
             path: None,
             seen: Mutex::new(Vec::new()),
         }

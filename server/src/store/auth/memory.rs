@@ -46,6 +46,8 @@ struct State {
     /// Per tenant: (sequence, appended at ms, event), oldest first.
     audit: HashMap<String, VecDeque<(u64, u64, AuditEvent)>>,
     next_audit: u64,
+    /// Store-wide secrets by name.
+    secrets: HashMap<String, [u8; 32]>,
 }
 
 #[derive(Debug, Default)]
@@ -542,6 +544,15 @@ impl AuthStore for MemoryStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
+        let mut state = self.auth.state.lock();
+        Ok(*state.secrets.entry(name.to_owned()).or_insert(*candidate))
     }
 }
 

@@ -13,6 +13,7 @@
 //! | `auth:{t}:session-used:<sid>` | hashes of refresh secrets already rotated away (reuse detection) |
 //! | `auth:{t}:user-sessions:<user_id>` | the user's session ids (stale ids are dropped lazily) |
 //! | `audit:{t}` | the tenant's audit stream |
+//! | `auth:secret:<name>` | a store-wide secret shared by the replicas, hex (see `shared_secret`) |
 //! | `auth:revocations` | the global revocation feed (not tenant-tagged, see [`REVOCATIONS_KEY`]) |
 
 pub mod memory;
@@ -222,6 +223,15 @@ pub trait AuthStore: Send + Sync + 'static {
         after_id: Option<&str>,
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
 
+    /// The store-wide secret `name`, set to `candidate` if it has none yet (atomically, so
+    /// every replica ends up with the same one). For keys every replica must share but no
+    /// operator needs to manage, such as the username-hash key.
+    fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8; 32],
+    ) -> impl Future<Output = Result<[u8; 32], StoreError>> + Send;
+
     /// Up to `limit` events of one user, newest first (GDPR export).
     fn audit_for_user(
         &self,
@@ -394,6 +404,14 @@ impl AuthStore for AnyStore {
         limit: usize,
     ) -> Result<Vec<AuditEvent>, StoreError> {
         delegate!(self, audit_for_user(tenant, user_id, limit))
+    }
+
+    async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
+        delegate!(self, shared_secret(name, candidate))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 use crate::store::auth::{
     AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,
     REVOCATIONS_KEPT, REVOCATIONS_KEY, RotateOutcome, Session, UserRecord, audit_key, auth_key,
-    millis, sort_oldest_first, username_digest,
+    hex, millis, sort_oldest_first, username_digest,
 };
 
 /// The scripts of the authentication store; EVALSHA with EVAL again on NOSCRIPT, like `gcra`.
@@ -690,6 +690,37 @@ impl AuthStore for RedisStore {
             }
         }
         Ok(out)
+    }
+
+    async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
+        // SET NX GET: sets the candidate unless a secret exists, and returns the old one; one
+        // round trip, atomic, so concurrent first starts agree.
+        let previous: Option<String> = redis::cmd("SET")
+            .arg(format!("auth:secret:{name}"))
+            .arg(hex(candidate))
+            .arg("NX")
+            .arg("GET")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        let Some(previous) = previous else {
+            return Ok(*candidate);
+        };
+        let bytes = (0..previous.len())
+            .step_by(2)
+            .map(|i| {
+                previous
+                    .get(i..i + 2)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            })
+            .collect::<Option<Vec<u8>>>();
+        bytes
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| StoreError::permanent(format!("stored secret {name} is malformed")))
     }
 }
 

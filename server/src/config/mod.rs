@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod auth;
+
 use clap::Parser;
 use serde::Deserialize;
 use zeroize::Zeroizing;
@@ -16,6 +18,8 @@ use crate::ratelimit::envoy_config::EnvoyConfig;
 use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
 use crate::ratelimit::{FailMode, LimiterSettings, keys};
 use crate::store::redis::RedisTarget;
+
+pub use auth::{AuthConfig, KeySource};
 
 /// Where environment variables come from.
 pub trait EnvSource {
@@ -94,6 +98,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The admin token; `None` disables the admin API.
     pub admin_token: Option<AdminToken>,
+    /// Authentication: keys, lifetimes, lockout, passwords.
+    pub auth: AuthConfig,
 }
 
 /// A configuration problem, naming the setting and where it came from.
@@ -156,6 +162,19 @@ struct Flags {
     /// [env: PORTCULLIS_STORE_TIMEOUT] [default: 100ms]
     #[arg(long, value_name = "DURATION")]
     store_timeout: Option<String>,
+    /// JWT key-set file, reloaded when it changes [env: PORTCULLIS_JWT_KEY_SET]; without it the
+    /// HS256 secret comes from JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
+    #[arg(long, value_name = "FILE")]
+    jwt_key_set: Option<PathBuf>,
+    /// `iss` of access tokens [env: PORTCULLIS_JWT_ISSUER] [default: portcullis]
+    #[arg(long, value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` of access tokens [env: PORTCULLIS_JWT_AUDIENCE] [default: portcullis]
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Access-token lifetime [env: PORTCULLIS_ACCESS_TOKEN_TTL] [default: 30m]
+    #[arg(long, value_name = "DURATION")]
+    access_token_ttl: Option<String>,
 }
 
 /// The TOML file. Unknown keys are an error so typos do not pass silently.
@@ -171,6 +190,8 @@ struct FileConfig {
     envoy: EnvoySection,
     policy_refresh: Option<String>,
     shutdown_grace: Option<String>,
+    #[serde(default)]
+    auth: auth::AuthSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -451,7 +472,20 @@ impl Config {
             Duration::from_secs(20),
         )?;
 
+        let auth = AuthConfig::resolve(
+            auth::AuthFlags {
+                jwt_key_set: flags.jwt_key_set,
+                jwt_issuer: flags.jwt_issuer,
+                jwt_audience: flags.jwt_audience,
+                access_token_ttl: flags.access_token_ttl,
+            },
+            file.auth,
+            env,
+            matches!(store, StoreConfig::Redis(_)),
+        )?;
+
         Ok(Self {
+            auth,
             listen,
             store,
             redis_io_timeout,
@@ -522,6 +556,9 @@ fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A JWT secret long enough to be accepted.
+    const SECRET_32: &str = "0123456789abcdef0123456789abcdef";
 
     fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
         vars.iter()
@@ -660,7 +697,10 @@ mod tests {
     fn redis_cluster_seeds_split_on_commas() {
         let c = load(
             &[],
-            &[("PORTCULLIS_REDIS_CLUSTER", "redis://a:1, redis://b:2")],
+            &[
+                ("PORTCULLIS_REDIS_CLUSTER", "redis://a:1, redis://b:2"),
+                ("JWT_SECRET_KEY", SECRET_32),
+            ],
         )
         .unwrap();
         let StoreConfig::Redis(RedisTarget::Cluster(seeds)) = c.store else {
@@ -697,5 +737,101 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn auth_defaults_follow_the_guide() {
+        let c = load(&[], &[]).unwrap();
+        let a = &c.auth;
+        assert!(matches!(a.keys, KeySource::Ephemeral));
+        assert_eq!(
+            (a.issuer.as_str(), a.audience.as_str()),
+            ("portcullis", "portcullis")
+        );
+        assert_eq!(a.access_ttl, Duration::from_secs(1800));
+        assert_eq!(a.lockout.max_failures, 5);
+        assert_eq!(a.lockout.window, Duration::from_secs(900));
+        assert_eq!(a.lockout.lock_for, Some(Duration::from_secs(900)));
+        assert_eq!(
+            (
+                a.argon2.memory_kib,
+                a.argon2.iterations,
+                a.argon2.parallelism
+            ),
+            (65_536, 3, 4)
+        );
+        assert_eq!(a.audit_retention_days, 365);
+        assert!(!a.reveal_lockout);
+    }
+
+    #[test]
+    fn auth_settings_from_flags_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nissuer = \"file-iss\"\nreveal_lockout = true\npassword_policy = \"nist\"\n\
+             [auth.tenant_password_policy]\nacme = \"guide\"\n\
+             [auth.lockout]\nmax_failures = 3\nduration = \"until-unlock\"\n\
+             [auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\npermits = 3\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = load(
+            &["--config", p, "--access-token-ttl", "5m"],
+            &[
+                ("PORTCULLIS_JWT_AUDIENCE", "svc"),
+                ("JWT_SECRET_KEY", SECRET_32),
+            ],
+        )
+        .unwrap();
+        let a = &c.auth;
+        assert!(matches!(a.keys, KeySource::Env(_)));
+        assert_eq!(
+            (a.issuer.as_str(), a.audience.as_str()),
+            ("file-iss", "svc")
+        );
+        assert_eq!(a.access_ttl, Duration::from_secs(300));
+        assert_eq!((a.lockout.max_failures, a.lockout.lock_for), (3, None));
+        assert!(a.reveal_lockout);
+        assert_eq!(
+            a.default_policy,
+            crate::auth::password::PasswordPolicy::Nist
+        );
+        assert_eq!(
+            a.tenant_policies.get("acme"),
+            Some(&crate::auth::password::PasswordPolicy::Guide)
+        );
+        assert_eq!((a.argon2.memory_kib, a.hash_permits), (1024, 3));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(SECRET_32), "{shown}");
+    }
+
+    #[test]
+    fn shared_stores_need_a_shared_key() {
+        let e = load(&["--redis-url", "redis://h"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("JWT_SECRET_KEY") && e.contains("--jwt-key-set"),
+            "{e}"
+        );
+        let c = load(
+            &["--redis-url", "redis://h"],
+            &[("JWT_SECRET_KEY", SECRET_32)],
+        )
+        .unwrap();
+        assert!(matches!(c.auth.keys, KeySource::Env(_)));
+        let e = load(&[], &[("JWT_SECRET_KEY", "short-secret-value")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("32") && !e.contains("short-secret-value"), "{e}");
+        let both = load(
+            &["--jwt-key-set", "/x.toml"],
+            &[("JWT_SECRET_KEY", SECRET_32)],
+        );
+        assert!(both.is_err());
+        let bad = load(&["--access-token-ttl", "0s"], &[]);
+        assert!(bad.is_err());
     }
 }

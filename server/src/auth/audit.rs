@@ -1,0 +1,112 @@
+//! Audit events: who did what, when, from where, and how it ended; written to the log (target
+//! `audit`) and to the tenant's stream in the store.
+
+use std::time::Instant;
+
+use super::model::AuditEvent;
+use super::service::AuthError;
+use crate::ratelimit::clock::unix_time;
+use crate::ratelimit::keys;
+
+/// Who is calling, as far as the transport knows: for the audit log only.
+#[derive(Debug, Clone, Default)]
+pub struct CallContext {
+    /// The caller's trace id (`traceparent` or `x-trace-id`), empty when untraced.
+    pub trace_id: String,
+    /// The end user's address as given by the calling service, when the call names one.
+    pub client_ip: String,
+}
+
+/// An event being recorded: opened when a call starts, filled in as facts become known,
+/// written once when the call ends.
+#[derive(Debug)]
+pub struct PendingAudit {
+    started: Instant,
+    /// The finished event, less its outcome and latency.
+    pub event: AuditEvent,
+    /// Replaces the outcome the result implies; e.g. a locked account that answers
+    /// "invalid credentials" to the caller is `locked` in the log.
+    pub outcome: Option<&'static str>,
+}
+
+impl PendingAudit {
+    /// Opens an event for `action` in `tenant`.
+    pub fn new(ctx: &CallContext, tenant: &str, action: &'static str) -> Self {
+        Self {
+            started: Instant::now(),
+            event: AuditEvent {
+                id: String::new(),
+                time_unix_ms: u64::try_from(unix_time().as_millis()).unwrap_or(u64::MAX),
+                tenant_id: tenant.to_owned(),
+                user_id: None,
+                action: action.to_owned(),
+                outcome: String::new(),
+                client_ip: ctx.client_ip.clone(),
+                username_hash: String::new(),
+                trace_id: ctx.trace_id.clone(),
+                latency_ms: 0,
+            },
+            outcome: None,
+        }
+    }
+
+    /// Names the user the call concerns.
+    pub fn user(&mut self, user_id: &str) {
+        self.event.user_id = Some(user_id.to_owned());
+    }
+
+    /// Closes the event with the outcome `result` implies (unless one was set).
+    pub fn finish<T>(mut self, result: &Result<T, AuthError>) -> AuditEvent {
+        let outcome = self.outcome.unwrap_or_else(|| match result {
+            Ok(_) => "success",
+            Err(e) => outcome_of(e),
+        });
+        self.event.outcome = outcome.to_owned();
+        self.event.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(0);
+        self.event
+    }
+}
+
+/// The outcome word of a failed call.
+pub fn outcome_of(e: &AuthError) -> &'static str {
+    match e {
+        AuthError::InvalidArgument { .. } => "invalid_argument",
+        AuthError::InvalidCredentials => "invalid_credentials",
+        AuthError::AccountLocked { .. } => "locked",
+        AuthError::Throttled { .. } => "throttled",
+        AuthError::Overloaded { .. } => "overloaded",
+        AuthError::WeakPassword { .. } => "weak_password",
+        AuthError::PasswordReused => "password_reused",
+        AuthError::InvalidToken(_) => "invalid_token",
+        AuthError::InsufficientScope => "insufficient_scope",
+        AuthError::SessionEnded => "session_ended",
+        AuthError::RefreshTokenReused => "reused",
+        AuthError::UsernameTaken => "username_taken",
+        AuthError::NotFound => "not_found",
+        AuthError::Store(_) => "store_error",
+        AuthError::Internal => "internal_error",
+    }
+}
+
+/// Writes `event` to the log, as structured fields under target `audit`.
+pub fn log(event: &AuditEvent) {
+    tracing::info!(
+        target: "audit",
+        action = %event.action,
+        outcome = %event.outcome,
+        tenant = %event.tenant_id,
+        user_id = event.user_id.as_deref().unwrap_or(""),
+        client_ip = %event.client_ip,
+        username_hash = %event.username_hash,
+        trace_id = %event.trace_id,
+        latency_ms = event.latency_ms,
+        time_unix_ms = event.time_unix_ms,
+        "audit"
+    );
+}
+
+/// Whether the event can go to a tenant stream: an invalid tenant id has none (the log line
+/// is then the only record).
+pub fn has_stream(event: &AuditEvent) -> bool {
+    keys::validate_id("tenant_id", &event.tenant_id, true).is_ok()
+}

@@ -1,0 +1,313 @@
+//! The `[auth]` settings: signing keys, token and session lifetimes, lockout, password policy,
+//! Argon2 cost, login throttles and audit retention.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, EnvSource, duration_setting, invalid, pick};
+use crate::auth::model::LockoutSettings;
+use crate::auth::password::{Argon2Params, DEFAULT_QUEUE_TIMEOUT, PasswordPolicy, default_permits};
+use crate::auth::tokens::{ENV_SECRET, KeyRing};
+use crate::ratelimit::keys;
+use crate::ratelimit::policy::Limit;
+
+/// The longest revocation poll: the service promises revocations reach every replica in 1 s.
+const MAX_REVOCATION_POLL: Duration = Duration::from_secs(1);
+
+/// Where the JWT keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// `JWT_SECRET_KEY` (and `JWT_SECRET_KEY_OLD`), read at start.
+    Env(Arc<KeyRing>),
+    /// A key-set file, followed for changes.
+    File(PathBuf),
+    /// Nothing configured on the memory store: a random key that dies with the process.
+    Ephemeral,
+}
+
+/// Authentication settings, validated.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Signing and verification keys.
+    pub keys: KeySource,
+    /// `iss` of issued tokens.
+    pub issuer: String,
+    /// `aud` of issued tokens.
+    pub audience: String,
+    /// Access-token lifetime.
+    pub access_ttl: Duration,
+    /// A session ends when not refreshed for this long.
+    pub session_idle: Duration,
+    /// A session ends this long after its login.
+    pub session_lifetime: Duration,
+    /// Failures before a lock, their window, and the lock's length.
+    pub lockout: LockoutSettings,
+    /// Whether a locked account says so.
+    pub reveal_lockout: bool,
+    /// The policy of tenants not listed in `tenant_policies`.
+    pub default_policy: PasswordPolicy,
+    /// Per-tenant password policies.
+    pub tenant_policies: HashMap<String, PasswordPolicy>,
+    /// Cost of new hashes (older ones are upgraded at login).
+    pub argon2: Argon2Params,
+    /// Hashes computed at once; with `argon2.memory_kib` this bounds hashing memory.
+    pub hash_permits: usize,
+    /// Longest wait for a hashing permit before RESOURCE_EXHAUSTED.
+    pub hash_queue_timeout: Duration,
+    /// Logins per (tenant, client IP), checked before any hashing.
+    pub login_limit_per_ip: Limit,
+    /// Logins per tenant, checked before any hashing.
+    pub login_limit_per_tenant: Limit,
+    /// Audit events older than this many days are dropped.
+    pub audit_retention_days: u32,
+    /// How often each replica reads the revocation feed (at most 1 s).
+    pub revocation_poll: Duration,
+    /// How often a key-set file is checked for changes.
+    pub key_set_poll: Duration,
+}
+
+/// The `[auth]` table of the TOML file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuthSection {
+    jwt_key_set: Option<PathBuf>,
+    issuer: Option<String>,
+    audience: Option<String>,
+    access_token_ttl: Option<String>,
+    session_idle_timeout: Option<String>,
+    session_lifetime: Option<String>,
+    reveal_lockout: Option<bool>,
+    password_policy: Option<PasswordPolicy>,
+    #[serde(default)]
+    tenant_password_policy: HashMap<String, PasswordPolicy>,
+    audit_retention_days: Option<u32>,
+    login_limit_per_ip: Option<String>,
+    login_limit_per_tenant: Option<String>,
+    revocation_poll: Option<String>,
+    key_set_poll: Option<String>,
+    #[serde(default)]
+    lockout: LockoutSection,
+    #[serde(default)]
+    argon2: Argon2Section,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockoutSection {
+    max_failures: Option<u32>,
+    window: Option<String>,
+    /// A duration, or `until-unlock`.
+    duration: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Argon2Section {
+    memory_kib: Option<u32>,
+    iterations: Option<u32>,
+    parallelism: Option<u32>,
+    permits: Option<usize>,
+    queue_timeout: Option<String>,
+}
+
+/// The auth flags, passed in from the command line.
+#[derive(Debug, Default)]
+pub(super) struct AuthFlags {
+    pub jwt_key_set: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub access_token_ttl: Option<String>,
+}
+
+fn limit_setting(value: Option<String>, key: &str, default: &str) -> Result<Limit, ConfigError> {
+    let spec = value.as_deref().unwrap_or(default);
+    Limit::parse_spec(spec).map_err(|e| invalid(format!("config file: auth.{key}"), e))
+}
+
+fn file_duration(
+    value: Option<String>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    duration_setting(
+        value.map(|v| (v, format!("config file: auth.{key}"))),
+        default,
+    )
+}
+
+impl AuthConfig {
+    /// Resolves flags, environment and file; `shared_store` is true when replicas share the
+    /// store, so they must share keys too.
+    pub(super) fn resolve(
+        flags: AuthFlags,
+        file: AuthSection,
+        env: &dyn EnvSource,
+        shared_store: bool,
+    ) -> Result<Self, ConfigError> {
+        let key_set = flags
+            .jwt_key_set
+            .or_else(|| env.non_empty("PORTCULLIS_JWT_KEY_SET").map(PathBuf::from))
+            .or(file.jwt_key_set);
+        let from_env = KeyRing::from_env(&|name| env.var(name)).map_err(|e| {
+            // KeyRingError never carries key material.
+            invalid(ENV_SECRET, e)
+        })?;
+        let keys = match (key_set, from_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "--jwt-key-set / JWT_SECRET_KEY",
+                    "set one of them, not both",
+                ));
+            }
+            (Some(path), None) => KeySource::File(path),
+            (None, Some(ring)) => KeySource::Env(Arc::new(ring)),
+            (None, None) if shared_store => {
+                return Err(invalid(
+                    "JWT_SECRET_KEY / --jwt-key-set",
+                    "a Redis store is shared by replicas, which must share signing keys: set \
+                     JWT_SECRET_KEY (or JWT_SECRET_KEY_FILE; generate one with: openssl rand \
+                     -hex 32) or --jwt-key-set",
+                ));
+            }
+            (None, None) => KeySource::Ephemeral,
+        };
+
+        let text = |flag: Option<String>, var: &str, file: Option<String>, key: &str| {
+            pick(flag, env, var, file, &format!("auth.{key}"))
+        };
+        let issuer = text(
+            flags.jwt_issuer,
+            "PORTCULLIS_JWT_ISSUER",
+            file.issuer,
+            "issuer",
+        )
+        .map_or_else(|| "portcullis".to_owned(), |(v, _)| v);
+        let audience = text(
+            flags.jwt_audience,
+            "PORTCULLIS_JWT_AUDIENCE",
+            file.audience,
+            "audience",
+        )
+        .map_or_else(|| "portcullis".to_owned(), |(v, _)| v);
+        let access_ttl = duration_setting(
+            text(
+                flags.access_token_ttl,
+                "PORTCULLIS_ACCESS_TOKEN_TTL",
+                file.access_token_ttl,
+                "access_token_ttl",
+            ),
+            Duration::from_secs(30 * 60),
+        )?;
+        if access_ttl < Duration::from_secs(1) {
+            return Err(invalid("access token ttl", "must be at least 1s"));
+        }
+        let session_idle = file_duration(
+            file.session_idle_timeout,
+            "session_idle_timeout",
+            Duration::from_secs(12 * 3600),
+        )?;
+        let session_lifetime = file_duration(
+            file.session_lifetime,
+            "session_lifetime",
+            Duration::from_secs(7 * 86_400),
+        )?;
+        if session_idle.is_zero() || session_lifetime.is_zero() {
+            return Err(invalid(
+                "config file: auth.session_*",
+                "session timeouts must be positive",
+            ));
+        }
+
+        let defaults = LockoutSettings::default();
+        let max_failures = file.lockout.max_failures.unwrap_or(defaults.max_failures);
+        if max_failures == 0 {
+            return Err(invalid(
+                "config file: auth.lockout.max_failures",
+                "must be at least 1",
+            ));
+        }
+        let window = file_duration(file.lockout.window, "lockout.window", defaults.window)?;
+        let lock_for = match file.lockout.duration.as_deref() {
+            Some("until-unlock") => None,
+            other => Some(file_duration(
+                other.map(str::to_owned),
+                "lockout.duration",
+                defaults.lock_for.unwrap_or(defaults.window),
+            )?),
+        };
+        if window.is_zero() || lock_for.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "config file: auth.lockout",
+                "window and duration must be positive",
+            ));
+        }
+
+        for tenant in file.tenant_password_policy.keys() {
+            keys::validate_id("tenant", tenant, true)
+                .map_err(|e| invalid("config file: auth.tenant_password_policy", e))?;
+        }
+
+        let base = Argon2Params::default();
+        let argon2 = Argon2Params::new(
+            file.argon2.memory_kib.unwrap_or(base.memory_kib),
+            file.argon2.iterations.unwrap_or(base.iterations),
+            file.argon2.parallelism.unwrap_or(base.parallelism),
+        )
+        .map_err(|e| invalid("config file: auth.argon2", e))?;
+        let hash_permits = file.argon2.permits.unwrap_or_else(default_permits);
+        let hash_queue_timeout = file_duration(
+            file.argon2.queue_timeout,
+            "argon2.queue_timeout",
+            DEFAULT_QUEUE_TIMEOUT,
+        )?;
+
+        let revocation_poll = file_duration(
+            file.revocation_poll,
+            "revocation_poll",
+            Duration::from_millis(250),
+        )?;
+        if revocation_poll > MAX_REVOCATION_POLL || revocation_poll.is_zero() {
+            return Err(invalid(
+                "config file: auth.revocation_poll",
+                "must be between 1ms and 1s so revocations reach every replica within a second",
+            ));
+        }
+
+        Ok(Self {
+            keys,
+            issuer,
+            audience,
+            access_ttl,
+            session_idle,
+            session_lifetime,
+            lockout: LockoutSettings {
+                max_failures,
+                window,
+                lock_for,
+            },
+            reveal_lockout: file.reveal_lockout.unwrap_or(false),
+            default_policy: file.password_policy.unwrap_or_default(),
+            tenant_policies: file.tenant_password_policy,
+            argon2,
+            hash_permits,
+            hash_queue_timeout,
+            login_limit_per_ip: limit_setting(
+                file.login_limit_per_ip,
+                "login_limit_per_ip",
+                "20/1m",
+            )?,
+            login_limit_per_tenant: limit_setting(
+                file.login_limit_per_tenant,
+                "login_limit_per_tenant",
+                "600/1m",
+            )?,
+            audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
+            revocation_poll,
+            key_set_poll: file_duration(file.key_set_poll, "key_set_poll", Duration::from_secs(1))?,
+        })
+    }
+}
