@@ -25,13 +25,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    init_logging();
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -47,6 +41,36 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+/// Logs go to stderr, levels by `RUST_LOG` (default info). Audit events (target `audit`) are
+/// always one JSON object per line, whatever `RUST_LOG` says, so they can be shipped and
+/// parsed as records.
+fn init_logging() {
+    use tracing_subscriber::filter::{EnvFilter, filter_fn};
+    use tracing_subscriber::prelude::*;
+
+    let env_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let operational = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_filter(filter_fn(|m| m.target() != AUDIT_TARGET))
+        .with_filter(env_filter);
+    let audit = tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_writer(std::io::stderr)
+        .with_filter(filter_fn(|m| m.target() == AUDIT_TARGET));
+    tracing_subscriber::registry()
+        .with(operational)
+        .with(audit)
+        .init();
+}
+
+/// The tracing target of audit events.
+const AUDIT_TARGET: &str = "audit";
 
 /// Resolves on SIGTERM (Kubernetes stopping the pod) or SIGINT (Ctrl-C).
 async fn shutdown_signal() {
