@@ -344,12 +344,18 @@ async fn parallel_attempts_evaluate_at_most_max_failures(backend: Backend) {
             }
         );
     }
+    let mut locked_by = Vec::new();
     for _ in 0..5 {
-        f.store
-            .finish_attempt(&tenant, "subj", false, &lockout, f.now_ms())
-            .await
-            .unwrap();
+        locked_by.push(
+            f.store
+                .finish_attempt(&tenant, "subj", false, &lockout, f.now_ms())
+                .await
+                .unwrap(),
+        );
     }
+    // All 20 attempts were counted, so the first failure reported sets the lock; exactly one
+    // call reports having set it.
+    assert_eq!(locked_by, [true, false, false, false, false]);
     let state = f
         .store
         .lock_state(&tenant, "subj", f.now_ms())

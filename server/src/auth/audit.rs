@@ -50,6 +50,14 @@ impl PendingAudit {
         }
     }
 
+    /// The caller, as this event records it.
+    pub fn context(&self) -> CallContext {
+        CallContext {
+            trace_id: self.event.trace_id.clone(),
+            client_ip: self.event.client_ip.clone(),
+        }
+    }
+
     /// Names the user the call concerns.
     pub fn user(&mut self, user_id: &str) {
         self.event.user_id = Some(user_id.to_owned());

@@ -550,9 +550,17 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             }
         };
         let (Some(mut user), Some(verified)) = (user, verified.filter(|v| v.matches)) else {
-            self.store
+            let locked_now = self
+                .store
                 .finish_attempt(input.tenant, subject, false, lockout, unix_now_ms())
                 .await?;
+            if locked_now {
+                // The moment of the lock is an event of its own, for alerting.
+                let mut lock = PendingAudit::new(&audit.context(), input.tenant, "account.lock");
+                lock.event.user_id = audit.event.user_id.clone();
+                lock.event.username_hash = subject.to_owned();
+                self.record(lock.finish::<()>(&Ok(()))).await;
+            }
             return Err(AuthError::InvalidCredentials);
         };
         self.store

@@ -284,18 +284,19 @@ impl AuthStore for MemoryStore {
         success: bool,
         settings: &LockoutSettings,
         now_unix_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut state = self.auth.state.lock();
         let key = scoped(tenant, subject);
         if success {
             state.lockouts.remove(&key);
-            return Ok(());
+            return Ok(false);
         }
         let Some(l) = state.lockouts.get_mut(&key) else {
-            return Ok(());
+            return Ok(false);
         };
         l.expire(now_unix_ms);
-        if l.failures >= settings.max_failures && l.lock.is_none() {
+        let locks = l.failures >= settings.max_failures && l.lock.is_none();
+        if locks {
             match settings.lock_for {
                 None => l.lock = Some(None),
                 Some(d) => {
@@ -306,7 +307,7 @@ impl AuthStore for MemoryStore {
                 }
             }
         }
-        Ok(())
+        Ok(locks)
     }
 
     async fn lock_state(

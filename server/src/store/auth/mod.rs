@@ -125,7 +125,7 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<AttemptGate, StoreError>> + Send;
 
     /// Records the result of a proceeded attempt: success clears count and lock; a failure
-    /// with the count at `max_failures` or more sets the lock.
+    /// with the count at `max_failures` or more sets the lock. True when this call set it.
     fn finish_attempt(
         &self,
         tenant: &str,
@@ -133,7 +133,7 @@ pub trait AuthStore: Send + Sync + 'static {
         success: bool,
         settings: &LockoutSettings,
         now_unix_ms: u64,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The subject's lockout state (Redis: by the server's clock).
     fn lock_state(
@@ -302,7 +302,7 @@ impl AuthStore for AnyStore {
         success: bool,
         settings: &LockoutSettings,
         now_unix_ms: u64,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         delegate!(
             self,
             finish_attempt(tenant, subject, success, settings, now_unix_ms)

@@ -411,8 +411,8 @@ impl AuthStore for RedisStore {
         success: bool,
         settings: &LockoutSettings,
         _now_unix_ms: u64,
-    ) -> Result<(), StoreError> {
-        let _locked: i64 = self
+    ) -> Result<bool, StoreError> {
+        let locked: i64 = self
             .auth
             .finish_attempt
             .key(auth_key(tenant, FAILS, subject))
@@ -423,7 +423,7 @@ impl AuthStore for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(())
+        Ok(locked == 1)
     }
 
     async fn lock_state(

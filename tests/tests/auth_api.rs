@@ -1,0 +1,908 @@
+//! The authentication behaviour suite: AuthService and the user RPCs of AdminService through a
+//! real gRPC server, every test body against the memory store, a single Redis and a Redis Cluster.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use futures::future::join_all;
+use portcullis_client::pb;
+use portcullis_client::pb::admin_service_client::AdminServiceClient;
+use portcullis_client::pb::auth_service_client::AuthServiceClient;
+use portcullis_tests::server::{ADMIN_TOKEN, Backend, JWT_SECRET, TestServer, unique};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
+
+/// A password that meets the default ("guide") policy.
+const GOOD: &str = "Vq7#mLx2!pRz9w";
+/// Another policy-compliant password, for changes.
+const OTHER: &str = "Kd4$hTy8@nBc3e";
+/// A wrong guess.
+const WRONG: &str = "Wrong-Guess-42!x";
+/// The client IP most logins claim.
+const IP: &str = "203.0.113.7";
+/// How long a revocation may take to reach VerifyToken (polled revocation feed, 1 s promised).
+const PROPAGATION: Duration = Duration::from_millis(1500);
+
+/// Writes a config file whose `[auth]` table starts with `auth_lines`, with cheap Argon2.
+fn config_file(auth_lines: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("portcullis.toml");
+    let text = format!(
+        "[auth]\n{auth_lines}\n\n[auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Wraps `message` in a request carrying the admin bearer token.
+fn as_admin<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
+    );
+    request
+}
+
+/// The `reason` of the status's ErrorInfo, checking its domain.
+fn reason(status: &Status) -> String {
+    let details = status.get_error_details();
+    let info = details
+        .error_info()
+        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
+    assert_eq!(info.domain, "portcullis", "{status:?}");
+    info.reason.clone()
+}
+
+/// Asserts that `result` failed with `code` and ErrorInfo `expected`; returns the status.
+#[track_caller]
+fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, expected: &str) -> Status {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected, "{status:?}");
+    status
+}
+
+/// Asserts that `result` failed with INVALID_ARGUMENT and a BadRequest naming `field`.
+#[track_caller]
+fn invalid_field<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) -> Status {
+    let status = result.expect_err("the call must fail");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let bad = details
+        .bad_request()
+        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
+    assert!(
+        bad.field_violations.iter().any(|v| v.field == field),
+        "{field} not named in {status:?}"
+    );
+    status
+}
+
+/// The RetryInfo delay of `status`, which must be present and positive.
+#[track_caller]
+fn retry_delay(status: &Status) -> Duration {
+    let details = status.get_error_details();
+    let delay = details
+        .retry_info()
+        .and_then(|r| r.retry_delay)
+        .unwrap_or_else(|| panic!("no RetryInfo delay in {status:?}"));
+    assert!(delay > Duration::ZERO, "{status:?}");
+    delay
+}
+
+/// Seconds since the Unix epoch.
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The kid the server derives for an environment secret (spec: first 8 bytes, hex, of
+/// SHA-256("portcullis jwt kid v1\0" ‖ secret)).
+fn env_kid(secret: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(b"portcullis jwt kid v1\0");
+    h.update(secret.as_bytes());
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Signs `claims` with HS256 and `secret` under this kid and typ.
+fn forge(secret: &str, kid: &str, typ: Option<&str>, claims: &Value) -> String {
+    let header = jsonwebtoken::Header {
+        typ: typ.map(str::to_owned),
+        kid: Some(kid.to_owned()),
+        ..jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256)
+    };
+    jsonwebtoken::encode(
+        &header,
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// Claims the server itself would issue for this verified token, valid from now for 10 minutes.
+fn claims_like(v: &pb::VerifyTokenResponse) -> Value {
+    let now = now_unix();
+    json!({
+        "iss": "portcullis",
+        "aud": "portcullis",
+        "sub": v.user_id,
+        "tid": v.tenant_id,
+        "sid": v.session_id,
+        "jti": unique("jti"),
+        "iat": now,
+        "nbf": now,
+        "exp": now + 600,
+        "roles": v.roles,
+        "scope": v.scopes.join(" "),
+    })
+}
+
+/// Whether any object in `value`, at any depth, has a member named `name`.
+fn has_member(value: &Value, name: &str) -> bool {
+    match value {
+        Value::Object(map) => map.iter().any(|(k, v)| k == name || has_member(v, name)),
+        Value::Array(items) => items.iter().any(|v| has_member(v, name)),
+        _ => false,
+    }
+}
+
+/// A test server on a fresh tenant, with the generated AuthService and AdminService clients.
+struct Api {
+    /// The tenant this test owns.
+    tenant: String,
+    /// AuthService over the server's connection.
+    auth: AuthServiceClient<Channel>,
+    /// AdminService over the same connection; requests go through [`as_admin`].
+    admin: AdminServiceClient<Channel>,
+    /// Keeps the server running.
+    _server: TestServer,
+    /// Keeps the config file.
+    _config: tempfile::TempDir,
+}
+
+impl Api {
+    /// Starts a server whose config's `[auth]` table starts with `auth_lines`.
+    async fn start(backend: Backend, auth_lines: &str) -> Self {
+        let (dir, path) = config_file(auth_lines);
+        let server =
+            TestServer::start(backend, &["--config", path.to_str().expect("utf-8 path")]).await;
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self {
+            tenant: unique("t"),
+            auth: AuthServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel),
+            _server: server,
+            _config: dir,
+        }
+    }
+
+    /// A handle on AuthService (clones share the connection).
+    fn auth(&self) -> AuthServiceClient<Channel> {
+        self.auth.clone()
+    }
+
+    /// A handle on AdminService; wrap requests in [`as_admin`].
+    fn admin(&self) -> AdminServiceClient<Channel> {
+        self.admin.clone()
+    }
+
+    /// Creates `username` with password [`GOOD`] and role `reader`.
+    async fn create_user(&self, username: &str, must_change_password: Option<bool>) -> pb::User {
+        self.admin()
+            .create_user(as_admin(pb::CreateUserRequest {
+                tenant_id: self.tenant.clone(),
+                username: username.to_owned(),
+                initial_password: GOOD.to_owned(),
+                roles: vec!["reader".to_owned()],
+                must_change_password,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// A login request for this tenant from `client_ip`.
+    fn login_request(&self, username: &str, password: &str, client_ip: &str) -> pb::LoginRequest {
+        pb::LoginRequest {
+            tenant_id: self.tenant.clone(),
+            username: username.to_owned(),
+            password: password.to_owned(),
+            client_ip: client_ip.to_owned(),
+        }
+    }
+
+    /// Logs in from [`IP`].
+    async fn login(&self, username: &str, password: &str) -> Result<pb::LoginResponse, Status> {
+        self.login_from(username, password, IP).await
+    }
+
+    /// Logs in from `client_ip`.
+    async fn login_from(
+        &self,
+        username: &str,
+        password: &str,
+        client_ip: &str,
+    ) -> Result<pb::LoginResponse, Status> {
+        let request = self.login_request(username, password, client_ip);
+        Ok(self.auth().login(request).await?.into_inner())
+    }
+
+    /// Verifies an access token, requiring `tenant_id` when it is not empty.
+    async fn verify_in(
+        &self,
+        access_token: &str,
+        tenant_id: &str,
+    ) -> Result<pb::VerifyTokenResponse, Status> {
+        let request = pb::VerifyTokenRequest {
+            access_token: access_token.to_owned(),
+            tenant_id: tenant_id.to_owned(),
+        };
+        Ok(self.auth().verify_token(request).await?.into_inner())
+    }
+
+    /// Verifies an access token without a tenant requirement.
+    async fn verify(&self, access_token: &str) -> Result<pb::VerifyTokenResponse, Status> {
+        self.verify_in(access_token, "").await
+    }
+
+    /// Exchanges a refresh token.
+    async fn refresh(&self, refresh_token: &str) -> Result<pb::LoginResponse, Status> {
+        let request = pb::RefreshRequest {
+            refresh_token: refresh_token.to_owned(),
+        };
+        Ok(self.auth().refresh(request).await?.into_inner())
+    }
+
+    /// Logs out by refresh token; the `revoked` flag.
+    async fn logout(&self, refresh_token: &str) -> Result<bool, Status> {
+        let request = pb::LogoutRequest {
+            refresh_token: refresh_token.to_owned(),
+            access_token: String::new(),
+        };
+        Ok(self.auth().logout(request).await?.into_inner().revoked)
+    }
+
+    /// Changes the password of the token's user.
+    async fn change_password(
+        &self,
+        access_token: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<pb::ChangePasswordResponse, Status> {
+        let request = pb::ChangePasswordRequest {
+            access_token: access_token.to_owned(),
+            current_password: current.to_owned(),
+            new_password: new.to_owned(),
+        };
+        Ok(self.auth().change_password(request).await?.into_inner())
+    }
+
+    /// The user by id (admin).
+    async fn get_user(&self, user_id: &str) -> Result<pb::User, Status> {
+        let request = as_admin(pb::GetUserRequest {
+            tenant_id: self.tenant.clone(),
+            user_id: user_id.to_owned(),
+            username: String::new(),
+        });
+        Ok(self.admin().get_user(request).await?.into_inner())
+    }
+
+    /// The user's live sessions (admin).
+    async fn list_sessions(&self, user_id: &str) -> Vec<pb::Session> {
+        let request = as_admin(pb::ListSessionsRequest {
+            tenant_id: self.tenant.clone(),
+            user_id: user_id.to_owned(),
+        });
+        self.admin()
+            .list_sessions(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .sessions
+    }
+
+    /// One page of the tenant's audit events (admin).
+    async fn audit_page(&self, limit: u32, after_id: &str) -> pb::ListAuditEventsResponse {
+        let request = as_admin(pb::ListAuditEventsRequest {
+            tenant_id: self.tenant.clone(),
+            limit,
+            after_id: after_id.to_owned(),
+        });
+        self.admin()
+            .list_audit_events(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Polls VerifyToken until it refuses `access_token` with SESSION_ENDED; fails after
+    /// [`PROPAGATION`].
+    async fn expect_session_ended(&self, access_token: &str) {
+        let deadline = tokio::time::Instant::now() + PROPAGATION;
+        loop {
+            let result = self.verify(access_token).await;
+            if let Err(status) = &result
+                && status.code() == Code::Unauthenticated
+                && reason(status) == "SESSION_ENDED"
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still not SESSION_ENDED after {PROPAGATION:?}: {result:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn login_verify_refresh_logout(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    let user = api.create_user("alice", Some(false)).await;
+    let login = api.login("alice", GOOD).await.unwrap();
+    assert_eq!(login.user_id, user.user_id);
+    assert!(!login.password_change_required);
+    assert!(!login.session_id.is_empty());
+    assert_eq!(
+        login.expires_in,
+        Some(prost_types::Duration {
+            seconds: 1800,
+            nanos: 0
+        }),
+        "default access_token_ttl is 30m"
+    );
+
+    let claims = api
+        .verify_in(&login.access_token, &api.tenant)
+        .await
+        .unwrap();
+    assert_eq!(claims.user_id, user.user_id);
+    assert_eq!(claims.tenant_id, api.tenant);
+    assert_eq!(claims.session_id, login.session_id);
+    assert_eq!(claims.roles, ["reader"]);
+    assert_eq!(claims.scopes, ["api"]);
+    assert_eq!(claims.key_id, env_kid(JWT_SECRET));
+    let expires = claims.expires_at.unwrap().seconds as u64;
+    let now = now_unix();
+    assert!(
+        (now + 1790..=now + 1801).contains(&expires),
+        "{expires} vs {now}"
+    );
+    refused(
+        api.verify_in(&login.access_token, &unique("other-tenant"))
+            .await,
+        Code::Unauthenticated,
+        "INVALID_TOKEN",
+    );
+
+    let refreshed = api.refresh(&login.refresh_token).await.unwrap();
+    assert_ne!(refreshed.refresh_token, login.refresh_token, "it rotates");
+    assert_eq!(refreshed.session_id, login.session_id);
+    assert_eq!(refreshed.user_id, user.user_id);
+    let again = api.verify(&refreshed.access_token).await.unwrap();
+    assert_eq!(again.session_id, login.session_id);
+
+    assert!(api.logout(&refreshed.refresh_token).await.unwrap());
+    assert!(
+        !api.logout(&refreshed.refresh_token).await.unwrap(),
+        "a second logout finds the session ended"
+    );
+    api.expect_session_ended(&refreshed.access_token).await;
+    api.expect_session_ended(&login.access_token).await;
+    refused(
+        api.refresh(&refreshed.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+}
+
+async fn refresh_token_reuse_kills_the_session(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("bob", Some(false)).await;
+    let first = api.login("bob", GOOD).await.unwrap();
+    let second = api.refresh(&first.refresh_token).await.unwrap();
+    refused(
+        api.refresh(&first.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    refused(
+        api.refresh(&second.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    api.expect_session_ended(&second.access_token).await;
+}
+
+async fn failures_look_alike_then_lock_until_unlocked(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    let user = api.create_user("carol", Some(false)).await;
+    let shape = |status: Status| (status.code(), status.message().to_owned(), reason(&status));
+    let unknown = shape(api.login("nobody", GOOD).await.unwrap_err());
+    assert_eq!(
+        (unknown.0, unknown.2.as_str()),
+        (Code::Unauthenticated, "INVALID_CREDENTIALS")
+    );
+    for _ in 0..5 {
+        let wrong = shape(api.login("carol", WRONG).await.unwrap_err());
+        assert_eq!(
+            wrong, unknown,
+            "a wrong password looks like an unknown user"
+        );
+    }
+    let shown = api.get_user(&user.user_id).await.unwrap();
+    assert!(shown.locked, "{shown:?}");
+    assert_eq!(shown.failed_attempts, 5);
+    assert!(shown.locked_until.is_some(), "the default lock is timed");
+
+    let locked = shape(api.login("carol", GOOD).await.unwrap_err());
+    assert_eq!(
+        locked, unknown,
+        "a locked account looks like an unknown user"
+    );
+
+    let unlocked = api
+        .admin()
+        .unlock_user(as_admin(pb::UnlockUserRequest {
+            tenant_id: api.tenant.clone(),
+            user_id: user.user_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!unlocked.locked);
+    assert_eq!(unlocked.failed_attempts, 0);
+    api.login("carol", GOOD).await.unwrap();
+    let after = api.get_user(&user.user_id).await.unwrap();
+    assert!(!after.locked && after.failed_attempts == 0, "{after:?}");
+    assert!(after.last_login_at.is_some());
+}
+
+async fn concurrent_guesses_evaluate_only_the_lockout_limit(backend: Backend) {
+    // Room for all 20 guesses from one IP: this is about the lockout, not the throttle.
+    let api = Api::start(
+        backend,
+        "reveal_lockout = true\nlogin_limit_per_ip = \"100/1m\"",
+    )
+    .await;
+    let user = api.create_user("dave", Some(false)).await;
+    let guesses = (0..20).map(|_| api.login("dave", WRONG));
+    let mut reasons: Vec<String> = Vec::new();
+    for result in join_all(guesses).await {
+        let status = result.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        let why = reason(&status);
+        if why == "ACCOUNT_LOCKED" {
+            retry_delay(&status);
+        }
+        reasons.push(why);
+    }
+    let count = |r: &str| reasons.iter().filter(|x| *x == r).count();
+    assert_eq!(
+        (count("INVALID_CREDENTIALS"), count("ACCOUNT_LOCKED")),
+        (5, 15),
+        "{reasons:?}"
+    );
+    let status = refused(
+        api.login("dave", GOOD).await,
+        Code::Unauthenticated,
+        "ACCOUNT_LOCKED",
+    );
+    retry_delay(&status);
+    assert!(api.get_user(&user.user_id).await.unwrap().locked);
+}
+
+async fn first_login_must_change_the_password(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    let user = api.create_user("erin", None).await;
+    assert!(user.must_change_password, "unset means true");
+    let first = api.login("erin", GOOD).await.unwrap();
+    assert!(first.password_change_required);
+    let claims = api.verify(&first.access_token).await.unwrap();
+    assert_eq!(claims.scopes, ["password:change"]);
+    let other = api.login("erin", GOOD).await.unwrap();
+
+    let weak = invalid_field(
+        api.change_password(&first.access_token, GOOD, "password1234")
+            .await,
+        "new_password",
+    );
+    assert!(!weak.message().contains("password1234"), "{weak:?}");
+    invalid_field(
+        api.change_password(&first.access_token, GOOD, GOOD).await,
+        "new_password",
+    );
+    refused(
+        api.change_password(&first.access_token, WRONG, OTHER).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let changed = api
+        .change_password(&first.access_token, GOOD, OTHER)
+        .await
+        .unwrap();
+    assert_eq!(changed.revoked_sessions, 1);
+    api.expect_session_ended(&other.access_token).await;
+    api.verify(&first.access_token)
+        .await
+        .expect("the caller's own session stays");
+
+    refused(
+        api.login("erin", GOOD).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let next = api.login("erin", OTHER).await.unwrap();
+    assert!(!next.password_change_required);
+    assert_eq!(
+        api.verify(&next.access_token).await.unwrap().scopes,
+        ["api"]
+    );
+    assert!(
+        !api.get_user(&user.user_id)
+            .await
+            .unwrap()
+            .must_change_password
+    );
+}
+
+async fn forged_and_broken_tokens_are_refused(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("frank", Some(false)).await;
+    let login = api.login("frank", GOOD).await.unwrap();
+    let verified = api.verify(&login.access_token).await.unwrap();
+    let kid = env_kid(JWT_SECRET);
+    assert_eq!(verified.key_id, kid);
+    let good = claims_like(&verified);
+    let typ = Some("at+jwt");
+    // Control: the forging itself is right, so each refusal below is about its one change.
+    let control = forge(JWT_SECRET, &kid, typ, &good);
+    assert_eq!(
+        api.verify(&control).await.unwrap().session_id,
+        login.session_id
+    );
+
+    let with = |name: &str, value: Value| {
+        let mut claims = good.clone();
+        claims[name] = value;
+        forge(JWT_SECRET, &kid, typ, &claims)
+    };
+    let now = now_unix();
+    let (head, rest) = login.access_token.split_once('.').unwrap();
+    let (payload, signature) = rest.split_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let bad_signature = format!("{head}.{payload}.{flipped}{}", &signature[1..]);
+    let other_sub = with("sub", json!("someone-else"));
+    let (other_head_payload, _) = other_sub.rsplit_once('.').unwrap();
+    let bad_payload = format!("{other_head_payload}.{signature}");
+    let none_header = json!({"alg": "none", "typ": "at+jwt", "kid": kid});
+    let alg_none = format!(
+        "{}.{}.",
+        B64URL.encode(none_header.to_string()),
+        B64URL.encode(good.to_string())
+    );
+    let cases = [
+        ("tampered signature", bad_signature),
+        ("tampered payload", bad_payload),
+        (
+            "signed with another secret",
+            forge(
+                "another-secret-0123456789abcdef-0123456789",
+                &kid,
+                typ,
+                &good,
+            ),
+        ),
+        ("expired beyond the leeway", {
+            let mut claims = good.clone();
+            claims["iat"] = json!(now - 2000);
+            claims["nbf"] = json!(now - 2000);
+            claims["exp"] = json!(now - 120);
+            forge(JWT_SECRET, &kid, typ, &claims)
+        }),
+        ("nbf in the future", with("nbf", json!(now + 600))),
+        ("wrong audience", with("aud", json!("elsewhere"))),
+        ("wrong issuer", with("iss", json!("someone-else"))),
+        ("alg none", alg_none),
+        ("unknown kid", forge(JWT_SECRET, "no-such-kid", typ, &good)),
+        ("missing typ", forge(JWT_SECRET, &kid, None, &good)),
+        ("not a JWT", "not-a-jwt".to_owned()),
+    ];
+    for (what, token) in cases {
+        let status = api.verify(&token).await.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert_eq!(reason(&status), "INVALID_TOKEN", "{what}: {status:?}");
+    }
+}
+
+async fn jwks_never_publishes_the_hs256_secret(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    let jwks = api
+        .auth()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .jwks_json;
+    let parsed: Value = serde_json::from_str(&jwks).unwrap();
+    assert_eq!(
+        parsed["keys"],
+        json!([]),
+        "only EdDSA public keys are published"
+    );
+    assert!(!has_member(&parsed, "k"), "{jwks}");
+    assert!(!jwks.contains(JWT_SECRET));
+    assert!(!jwks.contains(&B64URL.encode(JWT_SECRET)));
+}
+
+async fn admin_create_user_validates(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("grace", None).await;
+    let request = |tenant: &str, username: &str, password: &str| pb::CreateUserRequest {
+        tenant_id: tenant.to_owned(),
+        username: username.to_owned(),
+        initial_password: password.to_owned(),
+        roles: vec![],
+        must_change_password: None,
+    };
+    let status = api
+        .admin()
+        .create_user(as_admin(request(&api.tenant, "grace", OTHER)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    invalid_field(
+        api.admin()
+            .create_user(as_admin(request(&api.tenant, "heidi", "password1234")))
+            .await,
+        "initial_password",
+    );
+    invalid_field(
+        api.admin()
+            .create_user(as_admin(request("", "heidi", OTHER)))
+            .await,
+        "tenant_id",
+    );
+    let status = api
+        .admin()
+        .create_user(Request::new(request(&api.tenant, "heidi", OTHER)))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let status = api.get_user(&unique("missing")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+}
+
+async fn admin_sessions_and_export(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    let user = api.create_user("ivan", Some(false)).await;
+    let by_name = api
+        .admin()
+        .get_user(as_admin(pb::GetUserRequest {
+            tenant_id: api.tenant.clone(),
+            user_id: String::new(),
+            username: "ivan".to_owned(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(by_name.user_id, user.user_id);
+    assert!(!format!("{by_name:?}").contains("$argon2"), "{by_name:?}");
+
+    let a = api.login("ivan", GOOD).await.unwrap();
+    let b = api.login_from("ivan", GOOD, "198.51.100.9").await.unwrap();
+    let sessions = api.list_sessions(&user.user_id).await;
+    let ids: HashSet<&str> = sessions.iter().map(|s| s.session_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        HashSet::from([a.session_id.as_str(), b.session_id.as_str()])
+    );
+    assert!(sessions.iter().all(|s| s.user_id == user.user_id));
+
+    let export = api
+        .admin()
+        .export_user_data(as_admin(pb::ExportUserDataRequest {
+            tenant_id: api.tenant.clone(),
+            user_id: user.user_id.clone(),
+        }))
+        .await
+        .unwrap()
+        .into_inner()
+        .json;
+    let parsed: Value = serde_json::from_str(&export).unwrap();
+    assert!(parsed["user"].is_object(), "{export}");
+    assert_eq!(parsed["sessions"].as_array().unwrap().len(), 2, "{export}");
+    assert!(parsed["audit_events"].is_array(), "{export}");
+    for secret in [
+        "$argon2",
+        GOOD,
+        a.refresh_token.as_str(),
+        b.refresh_token.as_str(),
+        a.access_token.as_str(),
+    ] {
+        assert!(!export.contains(secret), "export leaks a secret: {export}");
+    }
+
+    let revoked = api
+        .admin()
+        .revoke_sessions(as_admin(pb::RevokeSessionsRequest {
+            tenant_id: api.tenant.clone(),
+            user_id: user.user_id.clone(),
+            session_ids: vec![a.session_id.clone()],
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(revoked.revoked, 1);
+    api.expect_session_ended(&a.access_token).await;
+    api.verify(&b.access_token)
+        .await
+        .expect("the other session stays");
+    let left = api.list_sessions(&user.user_id).await;
+    assert_eq!(
+        left.iter()
+            .map(|s| s.session_id.as_str())
+            .collect::<Vec<_>>(),
+        [b.session_id.as_str()]
+    );
+}
+
+async fn admin_delete_user_erases(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    let user = api.create_user("judy", Some(false)).await;
+    let login = api.login("judy", GOOD).await.unwrap();
+    let delete = |user_id: String| {
+        let mut admin = api.admin();
+        let tenant_id = api.tenant.clone();
+        async move {
+            admin
+                .delete_user(as_admin(pb::DeleteUserRequest { tenant_id, user_id }))
+                .await
+                .unwrap()
+                .into_inner()
+                .deleted
+        }
+    };
+    assert!(delete(user.user_id.clone()).await);
+    let status = api.get_user(&user.user_id).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    refused(
+        api.login("judy", GOOD).await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    api.expect_session_ended(&login.access_token).await;
+    assert!(
+        !delete(user.user_id.clone()).await,
+        "nothing left to delete"
+    );
+}
+
+async fn audit_trail_of_a_session(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("kim", Some(false)).await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut request = Request::new(api.login_request("kim", GOOD, IP));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let login = api.auth().login(request).await.unwrap().into_inner();
+    refused(
+        api.login_from("kim", WRONG, "198.51.100.9").await,
+        Code::Unauthenticated,
+        "INVALID_CREDENTIALS",
+    );
+    let refreshed = api.refresh(&login.refresh_token).await.unwrap();
+    assert!(api.logout(&refreshed.refresh_token).await.unwrap());
+
+    let all = api.audit_page(100, "").await;
+    assert!(all.next_after_id.is_empty(), "one page holds them all");
+    // Listing is itself an admin call and may be audited; it is not what this test is about.
+    let events: Vec<&pb::AuditEvent> = all
+        .events
+        .iter()
+        .filter(|e| e.action != "admin.list_audit_events")
+        .collect();
+    let pairs: Vec<(&str, &str)> = events
+        .iter()
+        .map(|e| (e.action.as_str(), e.outcome.as_str()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            ("logout", "success"),
+            ("refresh", "success"),
+            ("login", "invalid_credentials"),
+            ("login", "success"),
+            ("admin.create_user", "success"),
+        ],
+        "newest first"
+    );
+    assert!(events.iter().all(|e| e.tenant_id == api.tenant));
+    let success = events[3];
+    assert_eq!(success.trace_id, trace_id);
+    assert_eq!(success.user_id, login.user_id);
+    assert_eq!(success.client_ip, IP);
+    assert_eq!(events[2].client_ip, "198.51.100.9");
+    for login_event in [events[2], events[3]] {
+        let hash = &login_event.username_hash;
+        assert!(!hash.is_empty() && !hash.contains("kim"), "{login_event:?}");
+    }
+    let shown = format!("{:?}", all.events);
+    for secret in [GOOD, WRONG, &*login.refresh_token, &*login.access_token] {
+        assert!(!shown.contains(secret), "an audit event leaks a secret");
+    }
+
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = api.audit_page(2, &after).await;
+        assert!(page.events.len() <= 2);
+        seen.extend(page.events.into_iter().map(|e| e.id));
+        if page.next_after_id.is_empty() {
+            break;
+        }
+        after = page.next_after_id;
+        assert!(seen.len() <= all.events.len() + 10, "paging never ends");
+    }
+    let unique_ids: HashSet<&String> = seen.iter().collect();
+    assert_eq!(unique_ids.len(), seen.len(), "a page repeated an event");
+    assert!(
+        all.events.iter().all(|e| unique_ids.contains(&e.id)),
+        "paging skipped an event"
+    );
+}
+
+async fn logins_are_throttled_per_client_ip(backend: Backend) {
+    let api = Api::start(backend, "login_limit_per_ip = \"3/1m\"").await;
+    api.create_user("leo", Some(false)).await;
+    for _ in 0..3 {
+        api.login("leo", GOOD).await.unwrap();
+    }
+    let status = refused(
+        api.login("leo", GOOD).await,
+        Code::ResourceExhausted,
+        "LOGIN_THROTTLED",
+    );
+    retry_delay(&status);
+    api.login_from("leo", GOOD, "198.51.100.9")
+        .await
+        .expect("another client IP has its own budget");
+}
+
+portcullis_tests::on_every_store!(
+    login_verify_refresh_logout,
+    refresh_token_reuse_kills_the_session,
+    failures_look_alike_then_lock_until_unlocked,
+    concurrent_guesses_evaluate_only_the_lockout_limit,
+    first_login_must_change_the_password,
+    forged_and_broken_tokens_are_refused,
+    jwks_never_publishes_the_hs256_secret,
+    admin_create_user_validates,
+    admin_sessions_and_export,
+    admin_delete_user_erases,
+    audit_trail_of_a_session,
+    logins_are_throttled_per_client_ip,
+);
