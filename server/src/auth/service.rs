@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use super::audit::{self, CallContext, PendingAudit};
 use super::model::{AttemptGate, AuditEvent, LockoutSettings, RotateOutcome, Session, UserRecord};
 use super::password::{
-    HashError, NewPasswordError, PasswordHasher, PasswordPolicy, PolicyViolation, Secret,
+    HashError, NewPasswordError, PasswordHasher, PasswordPolicy, PolicyViolation, Secret, Verified,
 };
 use super::tokens::{
     AccessClaims, IssueRequest, IssueSettings, ReloadingKeyRing, TokenError, VerifyExpectations,
@@ -274,8 +274,10 @@ pub struct NewUser<'a> {
 /// token needs no store round trip yet a revocation reaches every replica within one poll.
 #[derive(Debug, Default)]
 struct RevocationCache {
-    /// (tenant, session id) → Unix second after which no token of that session can be valid.
-    revoked: DashMap<(String, String), u64>,
+    /// Session id → (tenant, Unix second after which no token of that session can be valid).
+    /// Keyed by the id alone so a lookup borrows the token's `sid` without allocating; ids are
+    /// 128 random bits chosen by us, and the tenant is compared on a hit.
+    revoked: DashMap<String, (String, u64)>,
     /// Where the next poll of the feed continues.
     cursor: tokio::sync::Mutex<Option<String>>,
 }
@@ -524,48 +526,17 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         subject: &str,
         audit: &mut PendingAudit,
     ) -> Result<Tokens, AuthError> {
-        let lockout = &self.settings.lockout;
-        let gate = self
-            .store
-            .begin_attempt(input.tenant, subject, lockout, unix_now_ms())
-            .await?;
-        if let AttemptGate::Locked { retry_after } = gate {
-            self.hasher.verify_dummy(input.password).await?;
-            audit.outcome = Some("locked");
-            return Err(if self.settings.reveal_lockout {
-                AuthError::AccountLocked { retry_after }
-            } else {
-                AuthError::InvalidCredentials
-            });
-        }
         let user = self.store.find_user(input.tenant, input.username).await?;
         if let Some(u) = &user {
             audit.user(&u.user_id);
         }
-        let verified = match &user {
-            Some(u) => Some(self.hasher.verify(input.password, &u.password_hash).await?),
-            None => {
-                self.hasher.verify_dummy(input.password).await?;
-                None
-            }
-        };
-        let (Some(mut user), Some(verified)) = (user, verified.filter(|v| v.matches)) else {
-            let locked_now = self
-                .store
-                .finish_attempt(input.tenant, subject, false, lockout, unix_now_ms())
-                .await?;
-            if locked_now {
-                // The moment of the lock is an event of its own, for alerting.
-                let mut lock = PendingAudit::new(&audit.context(), input.tenant, "account.lock");
-                lock.event.user_id = audit.event.user_id.clone();
-                lock.event.username_hash = subject.to_owned();
-                self.record(lock.finish::<()>(&Ok(()))).await;
-            }
-            return Err(AuthError::InvalidCredentials);
-        };
-        self.store
-            .finish_attempt(input.tenant, subject, true, lockout, unix_now_ms())
+        let verified = self
+            .verify_counted(input.tenant, subject, input.password, user.as_ref(), audit)
             .await?;
+        let Some(mut user) = user else {
+            // verify_counted never matches without a user.
+            return Err(AuthError::Internal);
+        };
         if verified.needs_rehash {
             // Upgrade to the configured parameters while the password is at hand; a failure
             // here must not fail the login, the next one tries again.
@@ -577,6 +548,57 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         user.last_login_unix = Some(unix_now());
         self.store.update_user(&user).await?;
         self.open_session(&user, input.client_ip).await
+    }
+
+    /// Checks `password` against `user` (a dummy hash when `None`, so an unknown user costs
+    /// the same) under the lockout of `subject`; `Ok` only on a match.
+    ///
+    /// The hashing permit is taken first, so an overloaded hasher refuses before anything is
+    /// counted (a user retrying under load is never locked out by the load). Then the attempt
+    /// is counted, atomically in the store, before the password is evaluated: parallel
+    /// guesses on any number of replicas cannot get more evaluations than the lockout allows.
+    /// A locked subject costs a dummy verify too, so it answers in the same time.
+    async fn verify_counted(
+        &self,
+        tenant: &str,
+        subject: &str,
+        password: &Secret,
+        user: Option<&UserRecord>,
+        audit: &mut PendingAudit,
+    ) -> Result<Verified, AuthError> {
+        let lockout = &self.settings.lockout;
+        let permit = self.hasher.reserve().await?;
+        let gate = self
+            .store
+            .begin_attempt(tenant, subject, lockout, unix_now_ms())
+            .await?;
+        if let AttemptGate::Locked { retry_after } = gate {
+            self.hasher.verify_reserved(permit, password, None).await?;
+            audit.outcome = Some("locked");
+            return Err(if self.settings.reveal_lockout {
+                AuthError::AccountLocked { retry_after }
+            } else {
+                AuthError::InvalidCredentials
+            });
+        }
+        let phc = user.map(|u| u.password_hash.as_str());
+        let verified = self.hasher.verify_reserved(permit, password, phc).await?;
+        let locked_now = self
+            .store
+            .finish_attempt(tenant, subject, verified.matches, lockout, unix_now_ms())
+            .await?;
+        if locked_now {
+            // The moment of the lock is an event of its own, for alerting.
+            let mut lock = PendingAudit::new(&audit.context(), tenant, "account.lock");
+            lock.event.user_id = audit.event.user_id.clone();
+            lock.event.username_hash = subject.to_owned();
+            self.record(lock.finish::<()>(&Ok(()))).await;
+        }
+        if verified.matches {
+            Ok(verified)
+        } else {
+            Err(AuthError::InvalidCredentials)
+        }
     }
 
     async fn open_session(&self, user: &UserRecord, client_ip: &str) -> Result<Tokens, AuthError> {
@@ -676,8 +698,12 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         if tenant.is_some_and(|t| t != claims.tid) {
             return Err(AuthError::InvalidToken(TokenError::WrongAudience));
         }
-        let session = (claims.tid.clone(), claims.sid.clone());
-        if self.revocations.revoked.contains_key(&session) {
+        let revoked = self
+            .revocations
+            .revoked
+            .get(claims.sid.as_str())
+            .is_some_and(|entry| entry.0 == claims.tid);
+        if revoked {
             return Err(AuthError::SessionEnded);
         }
         Ok((claims, key.kid().to_owned()))
@@ -691,12 +717,14 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         // Remembered until every token the session could still hold has expired.
         let forget_after = unix_now() + self.settings.access_ttl.as_secs() + LEEWAY.as_secs();
         let count = revoked.len();
-        for key in revoked {
-            self.revocations.revoked.insert(key, forget_after);
+        for (tenant, sid) in revoked {
+            self.revocations.revoked.insert(sid, (tenant, forget_after));
         }
         *cursor = Some(next);
         let now = unix_now();
-        self.revocations.revoked.retain(|_, until| *until > now);
+        self.revocations
+            .revoked
+            .retain(|_, (_, until)| *until > now);
         Ok(count)
     }
 
@@ -830,11 +858,12 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
                 .get_user(&claims.tid, &claims.sub)
                 .await?
                 .ok_or(AuthError::SessionEnded)?;
-            audit.event.username_hash = self.subject(&user.tenant_id, &user.username).await?;
-            let verified = self.hasher.verify(current, &user.password_hash).await?;
-            if !verified.matches {
-                return Err(AuthError::InvalidCredentials);
-            }
+            let subject = self.subject(&user.tenant_id, &user.username).await?;
+            audit.event.username_hash = subject.clone();
+            // Guesses of the current password count towards the lockout like login guesses,
+            // so a stolen access token cannot be used to brute-force it.
+            self.verify_counted(&claims.tid, &subject, current, Some(&user), audit)
+                .await?;
             if current.expose() == new.expose() {
                 return Err(AuthError::PasswordReused);
             }
@@ -869,10 +898,19 @@ mod tests {
 
     /// Cheap Argon2 so tests run fast; the policy and flow are what is under test.
     fn authenticator(lockout: LockoutSettings, reveal_lockout: bool) -> Authenticator<MemoryStore> {
+        authenticator_with_queue(lockout, reveal_lockout, 2, Duration::from_secs(5))
+    }
+
+    fn authenticator_with_queue(
+        lockout: LockoutSettings,
+        reveal_lockout: bool,
+        permits: usize,
+        queue_timeout: Duration,
+    ) -> Authenticator<MemoryStore> {
         let hasher = PasswordHasher::new(
             Argon2Params::new(1024, 1, 1).unwrap(),
-            2,
-            Duration::from_secs(5),
+            permits,
+            queue_timeout,
         )
         .unwrap();
         let key = Key::hs256("k1", &[7u8; 32], KeyState::Active).unwrap();
@@ -1158,5 +1196,49 @@ mod tests {
         let a = authenticator(LockoutSettings::default(), false);
         let shown = format!("{:?}", a.settings);
         assert!(shown.contains("<redacted>") && !shown.contains("9, 9"));
+    }
+
+    #[tokio::test]
+    async fn an_overloaded_hasher_refuses_without_counting_an_attempt() {
+        let a = authenticator_with_queue(
+            LockoutSettings::default(),
+            true,
+            1,
+            Duration::from_millis(5),
+        );
+        user(&a, false).await;
+        let busy = a.hasher.reserve().await.unwrap();
+        for _ in 0..10 {
+            assert!(matches!(
+                login(&a, GOOD).await,
+                Err(AuthError::Overloaded { .. })
+            ));
+        }
+        drop(busy);
+        assert!(
+            login(&a, GOOD).await.is_ok(),
+            "ten refusals under load did not lock the account"
+        );
+    }
+
+    #[tokio::test]
+    async fn wrong_current_passwords_count_towards_the_lockout() {
+        let a = authenticator(LockoutSettings::default(), true);
+        user(&a, false).await;
+        let t = login(&a, GOOD).await.unwrap();
+        for _ in 0..5 {
+            let r = a
+                .change_password(&t.access_token, &secret(OTHER), &secret(OTHER), &ctx())
+                .await;
+            assert!(matches!(r, Err(AuthError::InvalidCredentials)), "{r:?}");
+        }
+        let r = a
+            .change_password(&t.access_token, &secret(GOOD), &secret(OTHER), &ctx())
+            .await;
+        assert!(matches!(r, Err(AuthError::AccountLocked { .. })), "{r:?}");
+        assert!(matches!(
+            login(&a, GOOD).await,
+            Err(AuthError::AccountLocked { .. })
+        ));
     }
 }

@@ -355,6 +355,10 @@ impl fmt::Debug for PasswordHasher {
     }
 }
 
+/// A hashing permit taken ahead of its work by [`PasswordHasher::reserve`].
+#[derive(Debug)]
+pub struct HashPermit(OwnedSemaphorePermit);
+
 /// Counts a caller as waiting until dropped (also when its future is cancelled).
 struct WaitingGuard<'a>(&'a AtomicUsize);
 
@@ -496,6 +500,37 @@ impl PasswordHasher {
     pub async fn verify_dummy(&self, password: &Secret) -> Result<(), HashError> {
         // Same path as a real record: parse and cap, permit, blocking evaluation.
         self.verify(password, &self.dummy_phc).await.map(drop)
+    }
+
+    /// Takes a hashing permit now (or fails with [`HashError::Overloaded`]) for a
+    /// [`verify_reserved`](Self::verify_reserved) later: a caller that must record something
+    /// before evaluating (a login attempt) learns of overload before recording anything.
+    pub async fn reserve(&self) -> Result<HashPermit, HashError> {
+        self.acquire().await.map(HashPermit)
+    }
+
+    /// [`verify`](Self::verify) with a permit already held; `None` for `phc` spends a dummy
+    /// verify instead (see [`verify_dummy`](Self::verify_dummy)) and never matches.
+    pub async fn verify_reserved(
+        &self,
+        permit: HashPermit,
+        password: &Secret,
+        phc: Option<&str>,
+    ) -> Result<Verified, HashError> {
+        let dummy = phc.is_none();
+        let inspected = inspect_stored(phc.unwrap_or(&self.dummy_phc), &self.params)?;
+        let pwd = copy_for_task(password);
+        let verified = self
+            .run_blocking(permit.0, move || evaluate(&inspected, &pwd))
+            .await?;
+        Ok(if dummy {
+            Verified {
+                matches: false,
+                needs_rehash: false,
+            }
+        } else {
+            verified
+        })
     }
 
     async fn acquire(&self) -> Result<OwnedSemaphorePermit, HashError> {

@@ -28,9 +28,9 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 pub use hasher::{
-    Argon2Params, DEFAULT_QUEUE_TIMEOUT, HashError, HasherConfigError, MAX_STORED_ITERATIONS,
-    MAX_STORED_MEMORY_KIB, MAX_STORED_PARALLELISM, NewPasswordError, PasswordHasher, Verified,
-    default_permits,
+    Argon2Params, DEFAULT_QUEUE_TIMEOUT, HashError, HashPermit, HasherConfigError,
+    MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB, MAX_STORED_PARALLELISM, NewPasswordError,
+    PasswordHasher, Verified, default_permits,
 };
 pub use policy::{
     GUIDE_SPECIALS, MAX_PASSWORD_CHARS, PasswordPolicy, PolicyRule, PolicyViolation,
