@@ -81,20 +81,3 @@ fn redis_errors_never_show_the_password() {
         assert!(!err.contains("hunter2secret"), "{err}");
     }
 }
-
-#[test]
-fn a_shared_store_without_a_jwt_key_is_refused() {
-    let out = portcullis(&["--redis-url", "redis://127.0.0.1:1"]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        err.contains("JWT_SECRET_KEY") && err.contains("--jwt-key-set"),
-        "{err}"
-    );
-
-    let out = portcullis_with_env(&[], &[("JWT_SECRET_KEY", "too-short-secret")]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("32"), "names the minimum: {err}");
-    assert!(!err.contains("too-short-secret"), "{err}");
-}

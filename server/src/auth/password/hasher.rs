@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
-use argon2::{Algorithm, Argon2, PasswordHasher as _, PasswordVerifier as _, Version};
+use argon2::{Algorithm, Argon2, Block, Version};
 use serde::Deserialize;
+use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::Secret;
 use super::policy::{PasswordPolicy, PolicyViolation, check_not_common};
@@ -339,6 +340,8 @@ pub struct PasswordHasher {
     typical_micros: AtomicU64,
     /// Blocking tasks started (tests use it to prove a refused record did no Argon2 work).
     evaluations: AtomicU64,
+    /// Argon2 working memory, reused (this is what makes the memory bound hold).
+    blocks: Arc<BlockPool>,
     dummy_phc: String,
 }
 
@@ -403,6 +406,7 @@ impl PasswordHasher {
             typical_micros: AtomicU64::new(duration_micros(INITIAL_HASH_ESTIMATE)),
             evaluations: AtomicU64::new(0),
             dummy_phc: make_dummy_phc(&params)?,
+            blocks: Arc::new(BlockPool::new(params.memory_kib)),
         })
     }
 
@@ -448,7 +452,8 @@ impl PasswordHasher {
         let permit = self.acquire().await?;
         let pwd = copy_for_task(password);
         let argon2_params = self.argon2_params.clone();
-        self.run_blocking(permit, move || hash_blocking(argon2_params, &pwd))
+        let pool = Arc::clone(&self.blocks);
+        self.run_blocking(permit, move || hash_blocking(argon2_params, &pwd, &pool))
             .await
     }
 
@@ -471,10 +476,11 @@ impl PasswordHasher {
         let pwd = Zeroizing::new(password.expose().to_owned());
         let context: Vec<String> = context.iter().map(|&c| c.to_owned()).collect();
         let argon2_params = self.argon2_params.clone();
+        let pool = Arc::clone(&self.blocks);
         self.run_blocking(permit, move || {
             let context: Vec<&str> = context.iter().map(String::as_str).collect();
             check_not_common(&pwd, &context)?;
-            Ok(hash_blocking(argon2_params, pwd.as_bytes())?)
+            Ok(hash_blocking(argon2_params, pwd.as_bytes(), &pool)?)
         })
         .await
     }
@@ -489,7 +495,8 @@ impl PasswordHasher {
         let inspected = inspect_stored(phc, &self.params)?;
         let permit = self.acquire().await?;
         let pwd = copy_for_task(password);
-        self.run_blocking(permit, move || evaluate(&inspected, &pwd))
+        let pool = Arc::clone(&self.blocks);
+        self.run_blocking(permit, move || evaluate(&inspected, &pwd, &pool))
             .await
     }
 
@@ -520,8 +527,9 @@ impl PasswordHasher {
         let dummy = phc.is_none();
         let inspected = inspect_stored(phc.unwrap_or(&self.dummy_phc), &self.params)?;
         let pwd = copy_for_task(password);
+        let pool = Arc::clone(&self.blocks);
         let verified = self
-            .run_blocking(permit.0, move || evaluate(&inspected, &pwd))
+            .run_blocking(permit.0, move || evaluate(&inspected, &pwd, &pool))
             .await?;
         Ok(if dummy {
             Verified {
@@ -608,36 +616,98 @@ fn copy_for_task(password: &Secret) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(password.expose().as_bytes().to_vec())
 }
 
+/// Argon2 working memory, one buffer per permit, reused from hash to hash.
+///
+/// Allocating 64 MiB per hash and freeing it leaves the allocator holding freed buffers for a
+/// while, so a login flood's resident memory drifted above `permits × memory_kib`. Buffers
+/// that live as long as the hasher make that product the real bound: at most one buffer per
+/// permit exists (a permit holder takes one), each wiped after use.
+struct BlockPool {
+    /// Idle buffers, each `blocks` long.
+    idle: parking_lot::Mutex<Vec<Box<[Block]>>>,
+    /// Blocks of the configured cost (`memory_kib`, 1 KiB each).
+    blocks: usize,
+}
+
+impl BlockPool {
+    fn new(memory_kib: u32) -> Self {
+        Self {
+            idle: parking_lot::Mutex::new(Vec::new()),
+            blocks: usize::try_from(memory_kib).unwrap_or(usize::MAX),
+        }
+    }
+
+    /// Runs `work` with at least `needed` blocks: a pooled buffer when the configured size
+    /// suffices (the usual case), else a one-off buffer for a larger legacy record (capped by
+    /// [`MAX_STORED_MEMORY_KIB`]). The buffer is wiped afterwards: it holds values derived
+    /// from the password.
+    fn with_blocks<T>(&self, needed: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
+        if needed > self.blocks {
+            let mut one_off = vec![Block::default(); needed].into_boxed_slice();
+            let result = work(&mut one_off);
+            one_off.zeroize();
+            return result;
+        }
+        let pooled = self.idle.lock().pop();
+        let mut buffer =
+            pooled.unwrap_or_else(|| vec![Block::default(); self.blocks].into_boxed_slice());
+        let result = work(&mut buffer);
+        buffer.zeroize();
+        self.idle.lock().push(buffer);
+        result
+    }
+}
+
 /// The Argon2 work of a new hash (blocking; call on the blocking pool): Argon2id v1.3, a fresh
 /// 16-byte salt from the OS RNG.
-fn hash_blocking(params: argon2::Params, pwd: &[u8]) -> Result<String, HashError> {
-    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let phc = argon
-        .hash_password(pwd)
-        .map_err(|e| HashError::Internal(format!("argon2 hash failed: {e}")))?;
+fn hash_blocking(
+    params: argon2::Params,
+    pwd: &[u8],
+    pool: &BlockPool,
+) -> Result<String, HashError> {
+    let failed = |e: &dyn fmt::Display| HashError::Internal(format!("argon2 hash failed: {e}"));
+    let salt = argon2::password_hash::try_generate_salt().map_err(|e| failed(&e))?;
+    let mut out = Zeroizing::new([0u8; OUTPUT_LEN]);
+    let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
+    pool.with_blocks(params.block_count(), |blocks| {
+        argon.hash_password_into_with_memory(pwd, &salt, out.as_mut_slice(), blocks)
+    })
+    .map_err(|e| failed(&e))?;
+    let phc = PasswordHash {
+        algorithm: argon2::ARGON2ID_IDENT,
+        version: Some(ARGON2_V13),
+        params: ParamsString::try_from(&params).map_err(|e| failed(&e))?,
+        salt: Some(Salt::new(&salt).map_err(|e| failed(&e))?),
+        hash: Some(Output::new(out.as_slice()).map_err(|e| failed(&e))?),
+    };
     Ok(phc.to_string())
 }
 
-/// The Argon2 work of a verify (blocking; call on the blocking pool).
-fn evaluate(inspected: &Inspected, pwd: &[u8]) -> Result<Verified, HashError> {
+/// The Argon2 work of a verify (blocking; call on the blocking pool): recomputes with the
+/// record's own salt and (already capped) parameters, and compares in constant time.
+fn evaluate(inspected: &Inspected, pwd: &[u8], pool: &BlockPool) -> Result<Verified, HashError> {
+    let failed = |e: &dyn fmt::Display| HashError::Internal(format!("argon2 verify failed: {e}"));
+    let (Some(salt), Some(expected)) = (&inspected.hash.salt, &inspected.hash.hash) else {
+        return Err(HashError::UntrustedHash(
+            "stored hash lacks a salt or an output".to_owned(),
+        ));
+    };
+    let expected = expected.as_ref();
+    let mut out = Zeroizing::new(vec![0u8; expected.len()]);
     let argon = Argon2::new(
         Algorithm::Argon2id,
         inspected.version,
         inspected.params.clone(),
     );
-    // `verify_password` recomputes with the record's own salt and parameters (already capped)
-    // and compares outputs in constant time.
-    match argon.verify_password(pwd, &inspected.hash) {
-        Ok(()) => Ok(Verified {
-            matches: true,
-            needs_rehash: inspected.differs_from_config,
-        }),
-        Err(argon2::password_hash::Error::PasswordInvalid) => Ok(Verified {
-            matches: false,
-            needs_rehash: false,
-        }),
-        Err(e) => Err(HashError::Internal(format!("argon2 verify failed: {e}"))),
-    }
+    pool.with_blocks(inspected.params.block_count(), |blocks| {
+        argon.hash_password_into_with_memory(pwd, salt.as_ref(), &mut out, blocks)
+    })
+    .map_err(|e| failed(&e))?;
+    let matches = bool::from(out.as_slice().ct_eq(expected));
+    Ok(Verified {
+        matches,
+        needs_rehash: matches && inspected.differs_from_config,
+    })
 }
 
 #[cfg(test)]
@@ -1164,5 +1234,42 @@ mod tests {
         assert!(!dbg.contains("$argon2id$"));
         let err = HashError::UntrustedHash("stored hash memory cost exceeds the cap".to_owned());
         assert!(!format!("{err:?}{err}").contains('$'));
+    }
+
+    #[tokio::test]
+    async fn hashes_interoperate_with_the_argon2_crates_own_hasher() {
+        use argon2::{PasswordHasher as _, PasswordVerifier as _};
+        let h = small_hasher(1, DEFAULT_QUEUE_TIMEOUT);
+        let ours = h.hash(&secret(STRONG)).await.unwrap();
+        let parsed = PasswordHash::new(&ours).unwrap();
+        let reference = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            small().to_argon2().unwrap(),
+        );
+        assert!(
+            reference
+                .verify_password(STRONG.as_bytes(), &parsed)
+                .is_ok()
+        );
+        assert!(reference.verify_password(b"wrong", &parsed).is_err());
+
+        let theirs = reference
+            .hash_password(STRONG.as_bytes())
+            .unwrap()
+            .to_string();
+        assert!(h.verify(&secret(STRONG), &theirs).await.unwrap().matches);
+        assert!(!h.verify(&secret("wrong"), &theirs).await.unwrap().matches);
+        // A record with a larger cost than configured runs on a one-off buffer.
+        let bigger = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Argon2Params::new(2048, 1, 1).unwrap().to_argon2().unwrap(),
+        )
+        .hash_password(STRONG.as_bytes())
+        .unwrap()
+        .to_string();
+        let v = h.verify(&secret(STRONG), &bigger).await.unwrap();
+        assert!(v.matches && v.needs_rehash);
     }
 }

@@ -1,0 +1,934 @@
+//! End-to-end authentication over real `portcullis` processes: lockout counted across replicas
+//! on one Redis or a Redis Cluster, revocation reaching every replica, key rotation by live
+//! reload of a key-set file, tokens checked by an independent JWT library (PyJWT), refusals to
+//! start with unsafe keys, a login flood that keeps memory bounded, and secrets kept out of the
+//! log.
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use portcullis_client::pb;
+use portcullis_client::pb::admin_service_client::AdminServiceClient;
+use portcullis_client::pb::auth_service_client::AuthServiceClient;
+use portcullis_tests::harness::{
+    ManagedChild, PortcullisProcess, RedisCluster, RedisServer, free_port, portcullis_binary,
+};
+use portcullis_tests::server::{ADMIN_TOKEN, JWT_SECRET, unique};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+
+/// A password that meets the default ("guide") policy.
+const PASSWORD: &str = "Vq7#mLx2!pRz9w";
+/// Another policy-compliant password, for ChangePassword.
+const NEW_PASSWORD: &str = "Hs4%tWq8@nLc3y";
+/// The end-user address sent with every login (only a request field; no traffic goes there).
+const CLIENT_IP: &str = "192.0.2.10";
+/// Roles every test user gets.
+const ROLES: [&str; 2] = ["reader", "writer"];
+/// Deadline of one gRPC call; generous, it only stops a hung call from hanging the test.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a condition that must become true is checked.
+const POLL: Duration = Duration::from_millis(50);
+/// The spec: a revocation reaches every replica within 1 s; 0.5 s more covers the polling.
+const REVOCATION_DEADLINE: Duration = Duration::from_millis(1500);
+/// How long a key-set change may take to be in force with `key_set_poll = "100ms"`.
+const KEY_SET_DEADLINE: Duration = Duration::from_secs(3);
+/// Longest a refused start may take before the test calls it a hang.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Exit code of [`PYJWT_SCRIPT`] when PyJWT or cryptography is not installed.
+const PYJWT_MISSING: i32 = 3;
+/// Domain prefix of the kid derived from an environment secret (see auth-spec.md).
+const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
+
+/// `[auth]` lines of every config: logins throttled by neither client IP nor tenant.
+const AUTH_BASE: &str =
+    "login_limit_per_ip = \"100000/1m\"\nlogin_limit_per_tenant = \"100000/1m\"\n";
+/// Argon2 cheap enough for tests that are not about hashing cost.
+const CHEAP_ARGON2: &str = "[auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n";
+
+/// Verifies the token in `PORTCULLIS_TEST_TOKEN` with PyJWT, against the HS256 secret in
+/// `PORTCULLIS_TEST_SECRET` or the JWK in `PORTCULLIS_TEST_JWK`, and prints the header and
+/// claims as JSON. Secrets and tokens travel in the environment, never in argv.
+const PYJWT_SCRIPT: &str = r#"
+import json, os, sys
+try:
+    import jwt
+    import cryptography
+except ImportError as e:
+    print(e, file=sys.stderr)
+    sys.exit(3)
+token = os.environ["PORTCULLIS_TEST_TOKEN"]
+if "PORTCULLIS_TEST_JWK" in os.environ:
+    key = jwt.PyJWK(json.loads(os.environ["PORTCULLIS_TEST_JWK"])).key
+    algorithms = ["EdDSA"]
+else:
+    key = os.environ["PORTCULLIS_TEST_SECRET"]
+    algorithms = ["HS256"]
+claims = jwt.decode(token, key, algorithms=algorithms, audience="portcullis", issuer="portcullis")
+print(json.dumps({"header": jwt.get_unverified_header(token), "claims": claims}))
+"#;
+
+/// Serialises the test that saturates both cores with Argon2 and the test with a wall-clock
+/// propagation deadline, so the flood cannot make the deadline test miss its deadline.
+static CPU_HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The Redis a group of replicas shares; the servers stop when it is dropped.
+enum SharedStore {
+    Redis(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl SharedStore {
+    /// Starts a single redis-server, or a Redis Cluster when `cluster` is true.
+    async fn start(cluster: bool) -> SharedStore {
+        tokio::task::spawn_blocking(move || {
+            if cluster {
+                SharedStore::Cluster(RedisCluster::start())
+            } else {
+                SharedStore::Redis(RedisServer::start())
+            }
+        })
+        .await
+        .unwrap()
+    }
+
+    /// The portcullis arguments that select this store.
+    fn args(&self) -> Vec<String> {
+        match self {
+            SharedStore::Redis(redis) => vec!["--redis-url".into(), redis.url()],
+            SharedStore::Cluster(cluster) => {
+                vec!["--redis-cluster".into(), cluster.seed_urls().join(",")]
+            }
+        }
+    }
+}
+
+/// Writes `portcullis.toml` into `dir` (`[auth]` with [`AUTH_BASE`] and `auth`, then the
+/// `[auth.argon2]` table `argon2`) and returns `--config <path>`.
+fn config_args(dir: &Path, auth: &str, argon2: &str) -> Vec<String> {
+    let path = dir.join("portcullis.toml");
+    fs::write(&path, format!("[auth]\n{AUTH_BASE}{auth}\n{argon2}")).unwrap();
+    vec!["--config".into(), path.to_str().unwrap().to_owned()]
+}
+
+/// Starts `count` processes with `args` and the admin token, info logs and `envs` in their
+/// environment (off the async workers: starting waits for the port).
+async fn spawn(count: usize, args: Vec<String>, envs: &[(&str, &str)]) -> Vec<PortcullisProcess> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PORTCULLIS_ADMIN_TOKEN".into(), ADMIN_TOKEN.into()),
+        ("RUST_LOG".into(), "info".into()),
+    ];
+    env.extend(envs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        (0..count)
+            .map(|_| PortcullisProcess::spawn(&args, &env))
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// The generated auth and admin clients of one process, over one connection.
+#[derive(Clone)]
+struct Api {
+    auth: AuthServiceClient<Channel>,
+    admin: AdminServiceClient<Channel>,
+}
+
+impl Api {
+    /// Connects to `process` (each call gets its own connection).
+    async fn connect(process: &PortcullisProcess) -> Api {
+        let channel = Endpoint::from_shared(process.endpoint())
+            .unwrap()
+            .timeout(CALL_TIMEOUT)
+            .connect()
+            .await
+            .unwrap();
+        Api {
+            auth: AuthServiceClient::new(channel.clone()),
+            admin: AdminServiceClient::new(channel),
+        }
+    }
+
+    /// Connects to every process.
+    async fn connect_all(processes: &[PortcullisProcess]) -> Vec<Api> {
+        join_all(processes.iter().map(Api::connect)).await
+    }
+
+    /// Creates `username` with [`ROLES`] through the admin API; `must_change_password` as given.
+    async fn create_user(
+        &self,
+        tenant: &str,
+        username: &str,
+        password: &str,
+        must_change_password: Option<bool>,
+    ) -> pb::User {
+        let request = pb::CreateUserRequest {
+            tenant_id: tenant.into(),
+            username: username.into(),
+            initial_password: password.into(),
+            roles: ROLES.map(str::to_owned).to_vec(),
+            must_change_password,
+        };
+        self.admin
+            .clone()
+            .create_user(admin_request(request, ADMIN_TOKEN))
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// Logs in from [`CLIENT_IP`].
+    async fn login(
+        &self,
+        tenant: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<pb::LoginResponse, Status> {
+        let request = pb::LoginRequest {
+            tenant_id: tenant.into(),
+            username: username.into(),
+            password: password.into(),
+            client_ip: CLIENT_IP.into(),
+        };
+        Ok(self.auth.clone().login(request).await?.into_inner())
+    }
+
+    /// VerifyToken without an expected tenant.
+    async fn verify(&self, access_token: &str) -> Result<pb::VerifyTokenResponse, Status> {
+        let request = pb::VerifyTokenRequest {
+            access_token: access_token.into(),
+            tenant_id: String::new(),
+        };
+        Ok(self.auth.clone().verify_token(request).await?.into_inner())
+    }
+
+    /// Refresh with `refresh_token`.
+    async fn refresh(&self, refresh_token: &str) -> Result<pb::LoginResponse, Status> {
+        let request = pb::RefreshRequest {
+            refresh_token: refresh_token.into(),
+        };
+        Ok(self.auth.clone().refresh(request).await?.into_inner())
+    }
+
+    /// Logout naming the session by either token (an empty string leaves a field unset).
+    async fn logout(&self, refresh_token: &str, access_token: &str) -> pb::LogoutResponse {
+        let request = pb::LogoutRequest {
+            refresh_token: refresh_token.into(),
+            access_token: access_token.into(),
+        };
+        self.auth
+            .clone()
+            .logout(request)
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    /// ChangePassword with the caller's access token.
+    async fn change_password(
+        &self,
+        access_token: &str,
+        current: &str,
+        new: &str,
+    ) -> Result<pb::ChangePasswordResponse, Status> {
+        let request = pb::ChangePasswordRequest {
+            access_token: access_token.into(),
+            current_password: current.into(),
+            new_password: new.into(),
+        };
+        Ok(self
+            .auth
+            .clone()
+            .change_password(request)
+            .await?
+            .into_inner())
+    }
+
+    /// The JWKS as JSON.
+    async fn jwks(&self) -> Value {
+        let response = self
+            .auth
+            .clone()
+            .get_jwks(pb::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        serde_json::from_str(&response.jwks_json).unwrap()
+    }
+}
+
+/// `message` with `authorization: Bearer <token>` metadata.
+fn admin_request<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// The code and ErrorInfo reason ("" without one) of a call that must have been refused.
+fn refusal<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, String) {
+    let status = result.expect_err("the call must be refused");
+    let reason = status
+        .get_details_error_info()
+        .map(|info| info.reason)
+        .unwrap_or_default();
+    (status.code(), reason)
+}
+
+/// Polls `probe` every [`POLL`] until it returns `Some`; panics naming `what` after `within`.
+async fn eventually<T>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Replaces `path` by `contents` atomically (write beside it, then rename), so a poller never
+/// reads a half-written file.
+fn replace_file(path: &Path, contents: &str) {
+    let partial = path.with_extension("partial");
+    fs::write(&partial, contents).unwrap();
+    fs::rename(&partial, path).unwrap();
+}
+
+/// A `[[key]]` entry of a key-set file: HS256 keys read `<kid>.secret`, EdDSA keys `<kid>.pem`.
+fn key_entry(kid: &str, algorithm: &str, state: &str) -> String {
+    let file = match algorithm {
+        "HS256" => format!("secret_file = \"{kid}.secret\""),
+        _ => format!("private_key_file = \"{kid}.pem\""),
+    };
+    format!(
+        "[[key]]\nkid = \"{kid}\"\nalgorithm = \"{algorithm}\"\nstate = \"{state}\"\n{file}\n\n"
+    )
+}
+
+/// Writes a new Ed25519 PKCS#8 PEM private key to `<dir>/<kid>.pem` with openssl.
+fn generate_ed25519(dir: &Path, kid: &str) {
+    let path = dir.join(format!("{kid}.pem"));
+    let output = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .output()
+        .expect("openssl not found: apt-get install -y openssl");
+    assert!(
+        output.status.success(),
+        "openssl genpkey failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The `kid` in the JOSE header of `token`.
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .unwrap()
+        .kid
+        .expect("access tokens carry a kid")
+}
+
+/// The kid the spec derives from an environment secret: the first 8 bytes of
+/// SHA-256(domain ‖ secret), in hex.
+fn env_secret_kid(secret: &str) -> String {
+    let digest = Sha256::new()
+        .chain_update(KID_DOMAIN)
+        .chain_update(secret.as_bytes())
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Verifies `token` with PyJWT given `key` (`PORTCULLIS_TEST_SECRET` or `PORTCULLIS_TEST_JWK`
+/// and its value); returns `{"header": ..., "claims": ...}`.
+fn pyjwt_decode(token: &str, key: (&str, &str)) -> Value {
+    let output = Command::new("python3")
+        .arg("-c")
+        .arg(PYJWT_SCRIPT)
+        .env("PORTCULLIS_TEST_TOKEN", token)
+        .env(key.0, key.1)
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3 not found: install Python 3, then pip install pyjwt cryptography");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_ne!(
+        output.status.code(),
+        Some(PYJWT_MISSING),
+        "PyJWT is not installed ({}): pip install pyjwt cryptography",
+        stderr.trim()
+    );
+    assert!(output.status.success(), "PyJWT refused the token: {stderr}");
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// Runs the portcullis binary with `args` and, besides the admin token, only `envs` among the
+/// portcullis and JWT variables, until it exits; returns its status and output.
+fn run_to_exit(args: &[&str], envs: &[(&str, &str)]) -> (ExitStatus, String) {
+    let dir = TempDir::new().unwrap();
+    let log_path = dir.path().join("portcullis.log");
+    let log = File::create(&log_path).unwrap();
+    let mut cmd = Command::new(portcullis_binary());
+    cmd.arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("PORTCULLIS_") || name.starts_with("JWT_SECRET_KEY") {
+            cmd.env_remove(name.as_ref());
+        }
+    }
+    cmd.env("PORTCULLIS_ADMIN_TOKEN", ADMIN_TOKEN)
+        .envs(envs.iter().copied());
+    let mut child = ManagedChild::spawn(cmd).unwrap();
+    let status = child.wait_timeout(EXIT_TIMEOUT);
+    let output = fs::read_to_string(&log_path).unwrap();
+    let status = status.unwrap_or_else(|| {
+        panic!("portcullis still runs after {EXIT_TIMEOUT:?}; it should refuse to start:\n{output}")
+    });
+    (status, output)
+}
+
+/// Peak resident memory of process `pid` (`VmHWM`), in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+}
+
+/// Log lines written under tracing target `audit` (text or JSON format).
+fn audit_lines(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains(" audit: ") || line.contains("\"target\":\"audit\""))
+        .collect()
+}
+
+/// How many warnings and errors about the key-set file (failed reloads) the log has.
+fn key_set_failures(log: &str) -> usize {
+    log.lines()
+        .filter(|line| {
+            (line.contains("WARN") || line.contains("ERROR"))
+                && line.to_lowercase().contains("key set")
+        })
+        .count()
+}
+
+/// 20 wrong passwords sent at once, round-robin over three processes sharing the store: the
+/// lockout counts each attempt before checking it, so exactly 5 are evaluated (answered
+/// INVALID_CREDENTIALS) and 15 find the account locked; the right password is then refused too.
+async fn parallel_guesses_over_three_processes_evaluate_at_most_five(cluster: bool) {
+    let store = SharedStore::start(cluster).await;
+    let dir = TempDir::new().unwrap();
+    let mut args = config_args(dir.path(), "reveal_lockout = true\n", CHEAP_ARGON2);
+    args.extend(store.args());
+    let replicas = spawn(3, args, &[("JWT_SECRET_KEY", JWT_SECRET)]).await;
+    let apis = Api::connect_all(&replicas).await;
+    let tenant = unique("lockout");
+    apis[0]
+        .create_user(&tenant, "guessed", PASSWORD, Some(false))
+        .await;
+
+    let guesses = join_all((0..20).map(|i| {
+        let api = apis[i % apis.len()].clone();
+        let tenant = tenant.clone();
+        async move {
+            api.login(&tenant, "guessed", &format!("Wrong#Guess{i:02}x"))
+                .await
+        }
+    }))
+    .await;
+    let mut answers: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for guess in guesses {
+        let (code, reason) = refusal(guess);
+        *answers.entry((format!("{code:?}"), reason)).or_default() += 1;
+    }
+    eprintln!("answers to 20 parallel wrong guesses: {answers:?}");
+    let count = |reason: &str| {
+        let key = ("Unauthenticated".to_owned(), reason.to_owned());
+        answers.get(&key).copied().unwrap_or_default()
+    };
+    assert_eq!(
+        answers.len(),
+        2,
+        "only the two expected answers: {answers:?}"
+    );
+    assert_eq!(count("INVALID_CREDENTIALS"), 5, "{answers:?}");
+    assert_eq!(count("ACCOUNT_LOCKED"), 15, "{answers:?}");
+
+    let right = apis[1].login(&tenant, "guessed", PASSWORD).await;
+    assert_eq!(
+        refusal(right),
+        (Code::Unauthenticated, "ACCOUNT_LOCKED".to_owned()),
+        "the right password is refused while locked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_over_three_processes_evaluate_at_most_five_on_redis() {
+    parallel_guesses_over_three_processes_evaluate_at_most_five(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_guesses_over_three_processes_evaluate_at_most_five_on_a_cluster() {
+    parallel_guesses_over_three_processes_evaluate_at_most_five(true).await;
+}
+
+/// A token issued by replica A verifies on B and C; after a Logout through B, every replica
+/// refuses it (SESSION_ENDED) within the 1 s the spec promises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revocation_reaches_every_replica_within_a_second() {
+    let _quiet = CPU_HEAVY.lock().await;
+    let store = SharedStore::start(false).await;
+    let dir = TempDir::new().unwrap();
+    let mut args = config_args(dir.path(), "", CHEAP_ARGON2);
+    args.extend(store.args());
+    let replicas = spawn(3, args, &[("JWT_SECRET_KEY", JWT_SECRET)]).await;
+    let apis = Api::connect_all(&replicas).await;
+    let tenant = unique("revoke");
+    let user = apis[0]
+        .create_user(&tenant, "leaver", PASSWORD, Some(false))
+        .await;
+    let login = apis[0].login(&tenant, "leaver", PASSWORD).await.unwrap();
+    for (name, api) in ["A", "B", "C"].iter().zip(&apis) {
+        let claims = api
+            .verify(&login.access_token)
+            .await
+            .unwrap_or_else(|e| panic!("replica {name} refuses a token replica A issued: {e:?}"));
+        assert_eq!(claims.user_id, user.user_id);
+        assert_eq!(claims.session_id, login.session_id);
+    }
+
+    assert!(apis[1].logout(&login.refresh_token, "").await.revoked);
+    let logged_out = Instant::now();
+    let refusals = eventually(
+        "every replica refuses the revoked token",
+        REVOCATION_DEADLINE,
+        async || {
+            let results = join_all(apis.iter().map(|api| api.verify(&login.access_token))).await;
+            results.iter().all(Result::is_err).then_some(results)
+        },
+    )
+    .await;
+    let flipped_after = logged_out.elapsed();
+    eprintln!("revocation seen by all three replicas {flipped_after:?} after the logout");
+    assert!(
+        flipped_after < REVOCATION_DEADLINE,
+        "revocation took {flipped_after:?}"
+    );
+    for result in refusals {
+        assert_eq!(
+            refusal(result),
+            (Code::Unauthenticated, "SESSION_ENDED".to_owned())
+        );
+    }
+}
+
+/// Day 0: k1 (HS256) signs. Day 0b: k2 (EdDSA) is introduced verify-only and published.
+/// Day 1: k2 signs, k1 still verifies the old token. Day 7: k1 is gone, so is its token. A
+/// broken key-set file keeps the keys in force and is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_with_live_reload_keeps_old_tokens_valid() {
+    let dir = TempDir::new().unwrap();
+    let key_set = dir.path().join("keys.toml");
+    fs::write(
+        dir.path().join("k1.secret"),
+        "k1-secret-0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    generate_ed25519(dir.path(), "k2");
+    replace_file(&key_set, &key_entry("k1", "HS256", "active"));
+    let mut args = config_args(dir.path(), "key_set_poll = \"100ms\"\n", CHEAP_ARGON2);
+    args.extend(["--jwt-key-set".into(), key_set.to_str().unwrap().to_owned()]);
+    let process = spawn(1, args, &[]).await.pop().unwrap();
+    let api = Api::connect(&process).await;
+    let tenant = unique("rotate");
+    api.create_user(&tenant, "rotor", PASSWORD, Some(false))
+        .await;
+    let login = async || api.login(&tenant, "rotor", PASSWORD).await.unwrap();
+
+    // Day 0
+    let t1 = login().await.access_token;
+    assert_eq!(kid_of(&t1), "k1");
+    assert_eq!(api.verify(&t1).await.unwrap().key_id, "k1");
+
+    // Day 0b
+    replace_file(
+        &key_set,
+        &(key_entry("k1", "HS256", "active") + &key_entry("k2", "EdDSA", "verify")),
+    );
+    let jwks = eventually("GetJwks lists k2", KEY_SET_DEADLINE, async || {
+        let jwks = api.jwks().await;
+        let listed = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|key| key["kid"] == "k2");
+        listed.then_some(jwks)
+    })
+    .await;
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|key| key["kid"] != "k1"),
+        "an HS256 secret is never published: {jwks}"
+    );
+    assert_eq!(kid_of(&login().await.access_token), "k1", "k1 still signs");
+
+    // Day 1
+    replace_file(
+        &key_set,
+        &(key_entry("k1", "HS256", "verify") + &key_entry("k2", "EdDSA", "active")),
+    );
+    let t2 = eventually(
+        "new logins are signed by k2",
+        KEY_SET_DEADLINE,
+        async || {
+            let token = login().await.access_token;
+            (kid_of(&token) == "k2").then_some(token)
+        },
+    )
+    .await;
+    assert_eq!(api.verify(&t2).await.unwrap().key_id, "k2");
+    assert_eq!(
+        api.verify(&t1).await.unwrap().key_id,
+        "k1",
+        "a verify-only key still verifies"
+    );
+
+    // Day 7
+    replace_file(&key_set, &key_entry("k2", "EdDSA", "active"));
+    let gone = eventually(
+        "the token of the removed k1 is refused",
+        KEY_SET_DEADLINE,
+        async || api.verify(&t1).await.err(),
+    )
+    .await;
+    assert_eq!(
+        refusal::<()>(Err(gone)),
+        (Code::Unauthenticated, "INVALID_TOKEN".to_owned())
+    );
+    assert_eq!(api.verify(&t2).await.unwrap().key_id, "k2");
+
+    // A broken rewrite
+    let failures_before = key_set_failures(&process.log());
+    replace_file(&key_set, "[[key]\nkid = \"k3\n");
+    eventually(
+        "the failed reload is logged",
+        KEY_SET_DEADLINE,
+        async || (key_set_failures(&process.log()) > failures_before).then_some(()),
+    )
+    .await;
+    assert_eq!(
+        api.verify(&t2).await.unwrap().key_id,
+        "k2",
+        "the previous keys stay in force"
+    );
+    assert_eq!(kid_of(&login().await.access_token), "k2");
+}
+
+/// PyJWT, an independent implementation, accepts an HS256 token (given the shared secret) and
+/// an EdDSA token (given the public key from GetJwks), and reads the claims the spec lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_verify_with_pyjwt() {
+    let dir = TempDir::new().unwrap();
+    generate_ed25519(dir.path(), "ed-1");
+    let key_set = dir.path().join("keys.toml");
+    replace_file(&key_set, &key_entry("ed-1", "EdDSA", "active"));
+    let config = config_args(dir.path(), "", CHEAP_ARGON2);
+    let mut eddsa_args = config.clone();
+    eddsa_args.extend(["--jwt-key-set".into(), key_set.to_str().unwrap().to_owned()]);
+    let hs256 = spawn(1, config, &[("JWT_SECRET_KEY", JWT_SECRET)]).await;
+    let eddsa = spawn(1, eddsa_args, &[]).await;
+
+    for (process, key_kind) in [(&hs256[0], "HS256"), (&eddsa[0], "EdDSA")] {
+        let api = Api::connect(process).await;
+        let tenant = unique("pyjwt");
+        api.create_user(&tenant, "pythonista", PASSWORD, Some(false))
+            .await;
+        let login = api.login(&tenant, "pythonista", PASSWORD).await.unwrap();
+        let kid = kid_of(&login.access_token);
+        let decoded = if key_kind == "HS256" {
+            assert_eq!(
+                kid,
+                env_secret_kid(JWT_SECRET),
+                "kid derived as the spec says"
+            );
+            pyjwt_decode(&login.access_token, ("PORTCULLIS_TEST_SECRET", JWT_SECRET))
+        } else {
+            let jwks = api.jwks().await;
+            let jwk = jwks["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|key| key["kid"] == kid.as_str())
+                .unwrap_or_else(|| panic!("GetJwks lacks the signing key {kid}: {jwks}"));
+            pyjwt_decode(
+                &login.access_token,
+                ("PORTCULLIS_TEST_JWK", &jwk.to_string()),
+            )
+        };
+        eprintln!("{key_kind} token as PyJWT reads it: {decoded}");
+        let (header, claims) = (&decoded["header"], &decoded["claims"]);
+        assert_eq!(header["typ"], "at+jwt");
+        assert_eq!(header["alg"], key_kind);
+        assert_eq!(header["kid"], kid.as_str());
+        assert_eq!(claims["sub"], login.user_id.as_str());
+        assert_eq!(claims["tid"], tenant.as_str());
+        assert_eq!(claims["sid"], login.session_id.as_str());
+        assert_eq!(claims["scope"], "api");
+        assert_eq!(claims["roles"], serde_json::json!(ROLES));
+        for claim in ["jti", "iat", "nbf", "exp"] {
+            assert!(!claims[claim].is_null(), "claim {claim} missing: {claims}");
+        }
+    }
+}
+
+/// Replicas on a shared Redis must share keys: without one, portcullis refuses to start and
+/// says which settings to give.
+#[test]
+fn refuses_to_start_without_a_shared_key_on_redis() {
+    let redis = RedisServer::start();
+    let (status, log) = run_to_exit(&["--redis-url", &redis.url()], &[]);
+    assert!(!status.success(), "{status}\n{log}");
+    assert!(log.contains("JWT_SECRET_KEY"), "{log}");
+    assert!(log.contains("--jwt-key-set"), "{log}");
+}
+
+/// An HS256 secret under 32 bytes is refused at start, and the message does not repeat it.
+#[test]
+fn refuses_a_short_secret() {
+    // Distinctive, so that finding it in the log cannot be an ordinary word of the message.
+    const SHORT: &str = "tiny-Secret-7Qz";
+    let (status, log) = run_to_exit(&[], &[("JWT_SECRET_KEY", SHORT)]);
+    assert!(!status.success(), "{status}\n{log}");
+    // The key-generation hint (`openssl rand -hex 32`) also says 32; the minimum must be named
+    // apart from it.
+    let message = log.replace("rand -hex 32", "");
+    assert!(
+        message.contains("32") && message.contains("bytes"),
+        "the message names the 32-byte minimum:\n{log}"
+    );
+    assert!(!log.contains(SHORT), "the log repeats the secret:\n{log}");
+}
+
+/// 200 concurrent logins with the default 64 MiB Argon2 and 2 permits: hashing sheds load
+/// (HASHING_OVERLOADED) instead of growing memory, VerifyToken (no hashing) keeps answering,
+/// and peak RSS stays under permits × 64 MiB + 128 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_flood_keeps_memory_bounded_while_verify_answers() {
+    const PERMITS: u64 = 2;
+    const HASH_MIB: u64 = 64;
+    const BASE_MIB: u64 = 128;
+    const WORKERS: usize = 200;
+    const FLOOD: Duration = Duration::from_secs(5);
+    let _exclusive = CPU_HEAVY.lock().await;
+    let dir = TempDir::new().unwrap();
+    let argon2 = format!("[auth.argon2]\npermits = {PERMITS}\nqueue_timeout = \"200ms\"\n");
+    let args = config_args(dir.path(), "", &argon2);
+    let mut process = spawn(1, args, &[("JWT_SECRET_KEY", JWT_SECRET)])
+        .await
+        .pop()
+        .unwrap();
+    let api = Api::connect(&process).await;
+    let tenant = unique("flood");
+    api.create_user(&tenant, "steady", PASSWORD, Some(false))
+        .await;
+    let token = api
+        .login(&tenant, "steady", PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+
+    let flooding = Arc::new(AtomicBool::new(true));
+    let verifier = {
+        let api = Api::connect(&process).await;
+        let flooding = Arc::clone(&flooding);
+        tokio::spawn(async move {
+            let (mut answered, mut failures) = (0_u64, Vec::new());
+            while flooding.load(Ordering::Relaxed) {
+                match api.verify(&token).await {
+                    Ok(_) => answered += 1,
+                    Err(status) => failures.push(status),
+                }
+            }
+            (answered, failures)
+        })
+    };
+    let deadline = Instant::now() + FLOOD;
+    let workers = (0..WORKERS).map(|worker| {
+        let api = api.clone();
+        let tenant = tenant.clone();
+        async move {
+            let mut answers = Vec::new();
+            for attempt in 0.. {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                let username = format!("flood-{worker}-{attempt}");
+                answers.push(refusal(
+                    api.login(&tenant, &username, "Wrong#Flood123x").await,
+                ));
+            }
+            answers
+        }
+    });
+    let answers: Vec<(Code, String)> = join_all(workers).await.into_iter().flatten().collect();
+    flooding.store(false, Ordering::Relaxed);
+    let (verified, verify_failures) = verifier.await.unwrap();
+    let peak_kib = peak_rss_kib(process.child().pid());
+
+    let mut tally: BTreeMap<String, usize> = BTreeMap::new();
+    for (code, reason) in &answers {
+        *tally.entry(format!("{code:?} {reason}")).or_default() += 1;
+    }
+    let bound_mib = PERMITS * HASH_MIB + BASE_MIB;
+    eprintln!(
+        "{} logins in {FLOOD:?}: {tally:?}; VerifyToken answered {verified} times, failed {}; peak RSS {} MiB (bound {bound_mib} MiB)",
+        answers.len(),
+        verify_failures.len(),
+        peak_kib / 1024
+    );
+    assert!(
+        verify_failures.is_empty(),
+        "VerifyToken failed during the flood: {:?}",
+        &verify_failures[..verify_failures.len().min(5)]
+    );
+    assert!(verified > 0, "VerifyToken never answered during the flood");
+    let overloaded = tally
+        .get("ResourceExhausted HASHING_OVERLOADED")
+        .copied()
+        .unwrap_or_default();
+    assert!(overloaded > 0, "no login was shed: {tally:?}");
+    let unexpected: Vec<_> = tally
+        .keys()
+        .filter(|k| {
+            *k != "ResourceExhausted HASHING_OVERLOADED"
+                && *k != "Unauthenticated INVALID_CREDENTIALS"
+        })
+        .collect();
+    assert!(unexpected.is_empty(), "unexpected answers: {tally:?}");
+    assert!(
+        peak_kib < bound_mib * 1024,
+        "peak RSS {} MiB over the documented bound {bound_mib} MiB",
+        peak_kib / 1024
+    );
+}
+
+/// Logins (right, wrong, unknown user), a rejected and an accepted password change, refreshes
+/// with a reuse, a logout and a refused admin call: the log keeps none of the passwords, keys or
+/// tokens involved, and has audit lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_log() {
+    const WRONG: &str = "Wrong#Pass4821x";
+    const UNKNOWN_USER_PASSWORD: &str = "Nobody#Pass7730q";
+    const WEAK: &str = "weakpass";
+    const BAD_ADMIN_TOKEN: &str = "not-the-admin-token-5e8d1";
+    let dir = TempDir::new().unwrap();
+    let args = config_args(dir.path(), "", CHEAP_ARGON2);
+    let process = spawn(1, args, &[("JWT_SECRET_KEY", JWT_SECRET)])
+        .await
+        .pop()
+        .unwrap();
+    let api = Api::connect(&process).await;
+    let tenant = unique("secrets");
+    let mut tokens = Vec::new();
+
+    api.create_user(&tenant, "keeper", PASSWORD, None).await;
+    let first = api.login(&tenant, "keeper", PASSWORD).await.unwrap();
+    assert!(first.password_change_required);
+    assert_eq!(
+        refusal(api.login(&tenant, "keeper", WRONG).await).1,
+        "INVALID_CREDENTIALS"
+    );
+    assert_eq!(
+        refusal(api.login(&tenant, "nobody", UNKNOWN_USER_PASSWORD).await).1,
+        "INVALID_CREDENTIALS"
+    );
+    assert_eq!(
+        refusal(
+            api.change_password(&first.access_token, PASSWORD, WEAK)
+                .await
+        )
+        .0,
+        Code::InvalidArgument
+    );
+    api.change_password(&first.access_token, PASSWORD, NEW_PASSWORD)
+        .await
+        .unwrap();
+    let second = api.login(&tenant, "keeper", NEW_PASSWORD).await.unwrap();
+    let refreshed = api.refresh(&second.refresh_token).await.unwrap();
+    assert_eq!(
+        refusal(api.refresh(&second.refresh_token).await),
+        (Code::Unauthenticated, "SESSION_ENDED".to_owned()),
+        "a reused refresh token ends the session"
+    );
+    let third = api.login(&tenant, "keeper", NEW_PASSWORD).await.unwrap();
+    assert!(api.logout("", &third.access_token).await.revoked);
+    let refused = api
+        .admin
+        .clone()
+        .get_user(admin_request(
+            pb::GetUserRequest {
+                tenant_id: tenant.clone(),
+                user_id: String::new(),
+                username: "keeper".into(),
+            },
+            BAD_ADMIN_TOKEN,
+        ))
+        .await;
+    assert_eq!(refusal(refused).0, Code::Unauthenticated);
+    for login in [&first, &second, &refreshed, &third] {
+        tokens.push(login.access_token.clone());
+        tokens.push(login.refresh_token.clone());
+    }
+
+    let log = eventually("audit lines in the log", KEY_SET_DEADLINE, async || {
+        let log = process.log();
+        (!audit_lines(&log).is_empty()).then_some(log)
+    })
+    .await;
+    eprintln!("{} audit lines", audit_lines(&log).len());
+    let secrets = [
+        ("the initial password", PASSWORD),
+        ("the new password", NEW_PASSWORD),
+        ("a wrong password", WRONG),
+        ("an unknown user's password", UNKNOWN_USER_PASSWORD),
+        ("a weak new password", WEAK),
+        ("JWT_SECRET_KEY", JWT_SECRET),
+        ("the admin token", ADMIN_TOKEN),
+        ("a wrong admin token", BAD_ADMIN_TOKEN),
+    ];
+    let tokens = tokens.iter().map(|t| ("an issued token", t.as_str()));
+    for (what, secret) in secrets.into_iter().chain(tokens) {
+        assert!(!log.contains(secret), "the log contains {what}:\n{log}");
+    }
+}
