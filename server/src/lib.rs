@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod config;
 pub mod grpc;
+pub mod periodic;
 pub mod ratelimit;
 pub mod store;
 

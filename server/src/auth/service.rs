@@ -20,6 +20,7 @@ use super::password::{
 use super::tokens::{
     AccessClaims, IssueRequest, IssueSettings, ReloadingKeyRing, TokenError, VerifyExpectations,
 };
+use crate::periodic::{OutageMessages, run_every};
 use crate::ratelimit::clock::unix_time;
 use crate::ratelimit::keys::{self, InvalidId};
 use crate::ratelimit::policy::Limit;
@@ -735,34 +736,16 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         every: Duration,
         stop: impl Future<Output = ()>,
     ) {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(stop);
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                _ = tick.tick() => {}
-            }
-            let polled = loop {
-                match self.poll_revocations().await {
-                    Ok(n) if n >= REVOCATIONS_BATCH => continue,
-                    other => break other,
-                }
-            };
-            match polled {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("revocation feed reachable again");
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "cannot read the revocation feed; revoked sessions elsewhere may verify until it recovers");
-                }
-                Err(_) => {}
-            }
-        }
+        let messages = OutageMessages {
+            failing: "cannot read the revocation feed; sessions revoked through other \
+                      replicas may verify here until it recovers",
+            recovered: "revocation feed reachable again",
+        };
+        run_every(Duration::ZERO, every, stop, messages, || async {
+            while self.poll_revocations().await? >= REVOCATIONS_BATCH {}
+            Ok::<(), AuthError>(())
+        })
+        .await;
     }
 
     /// Exchanges a refresh token for new tokens; the refresh token rotates. Presenting an

@@ -18,6 +18,7 @@ use super::keys::{self, DEFAULT_RESOURCE, InvalidId};
 use super::policy::{
     AppliedPolicy, InvalidLimit, Limit, PolicyOverride, PolicySource, PolicyTable,
 };
+use crate::periodic::{OutageMessages, run_every};
 use crate::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
 
 /// What to answer when the store does not answer in time.
@@ -299,31 +300,18 @@ impl<S: RateLimitStore> Limiter<S> {
         stop: impl Future<Output = ()>,
     ) {
         // The caller loaded the policies once before serving; the first reload is one period on.
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(stop);
-        let mut failing = false;
-        loop {
-            tokio::select! {
-                _ = &mut stop => return,
-                _ = tick.tick() => {}
-            }
-            match self.refresh_policies().await {
-                Ok(_) if failing => {
-                    failing = false;
-                    tracing::info!("runtime limit overrides reachable again");
-                }
-                Ok(_) => {}
-                Err(e) if !failing => {
-                    failing = true;
-                    tracing::warn!(error = %e, "cannot load runtime limit overrides; keeping the last ones");
-                }
-                Err(_) => {}
-            }
+        let messages = OutageMessages {
+            failing: "cannot load runtime limit overrides; keeping the last ones",
+            recovered: "runtime limit overrides reachable again",
+        };
+        run_every(every, every, stop, messages, || async {
+            let loaded = self.refresh_policies().await.map(drop);
             if let Some(cache) = &self.deny_cache {
                 cache.sweep(Instant::now());
             }
-        }
+            loaded
+        })
+        .await;
     }
 
     /// The policy for (tenant, resource) as it applies now.
