@@ -1,13 +1,12 @@
 //! `portcullis.v1.AdminService`, behind the admin bearer token.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis_proto::pb;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
-
-use std::time::Duration;
 
 use super::auth::{call_context, timestamp, timestamp_ms};
 use super::ratelimit::limit_policy;
