@@ -37,11 +37,11 @@ impl PendingAudit {
             event: AuditEvent {
                 id: String::new(),
                 time_unix_ms: u64::try_from(unix_time().as_millis()).unwrap_or(u64::MAX),
-                tenant_id: tenant.to_owned(),
+                tenant_id: bounded(tenant),
                 user_id: None,
                 action: action.to_owned(),
                 outcome: String::new(),
-                client_ip: ctx.client_ip.clone(),
+                client_ip: bounded(&ctx.client_ip),
                 username_hash: String::new(),
                 trace_id: ctx.trace_id.clone(),
                 latency_ms: 0,
@@ -73,6 +73,20 @@ impl PendingAudit {
         self.event.latency_ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(0);
         self.event
     }
+}
+
+/// Caller-supplied text as it may enter the log: at most [`keys::MAX_ID_LEN`] bytes, control
+/// characters replaced. Invalid ids are refused, but their refusal is logged too, and a
+/// multi-megabyte or newline-laden id must not become a log line.
+fn bounded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len().min(keys::MAX_ID_LEN));
+    for c in text.chars() {
+        if out.len() + c.len_utf8() > keys::MAX_ID_LEN {
+            break;
+        }
+        out.push(if c.is_control() { '\u{fffd}' } else { c });
+    }
+    out
 }
 
 /// The outcome word of a failed call.
@@ -117,4 +131,22 @@ pub fn log(event: &AuditEvent) {
 /// is then the only record).
 pub fn has_stream(event: &AuditEvent) -> bool {
     keys::validate_id("tenant_id", &event.tenant_id, true).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_text_is_bounded_before_it_is_logged() {
+        let ctx = CallContext {
+            trace_id: String::new(),
+            client_ip: "10.0.0.1\nforged: line".into(),
+        };
+        let huge = "t".repeat(10_000);
+        let event = PendingAudit::new(&ctx, &huge, "login").finish::<()>(&Ok(()));
+        assert_eq!(event.tenant_id.len(), keys::MAX_ID_LEN);
+        assert!(!event.client_ip.contains('\n'), "{}", event.client_ip);
+        assert_eq!(event.outcome, "success");
+    }
 }

@@ -506,14 +506,15 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             return Ok(());
         };
         let limits = self.settings.login_limits;
-        let checks = [
+        // Without a client IP there is no source to throttle; the tenant limit still applies.
+        let per_ip = (!client_ip.is_empty()).then(|| {
             (
                 keys::throttle_key(tenant, "login-ip", client_ip),
                 limits.per_ip,
-            ),
-            (keys::throttle_key(tenant, "login", ""), limits.per_tenant),
-        ];
-        for (key, limit) in checks {
+            )
+        });
+        let per_tenant = Some((keys::throttle_key(tenant, "login", ""), limits.per_tenant));
+        for (key, limit) in [per_ip, per_tenant].into_iter().flatten() {
             if let Some(retry_after) = limiter.throttle(key, limit).await? {
                 return Err(AuthError::Throttled { retry_after });
             }
