@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod periodic;
 pub mod ratelimit;
 pub mod store;
+pub mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,8 @@ use crate::grpc::envoy::EnvoyApi;
 use crate::grpc::ratelimit::RateLimitApi;
 use crate::ratelimit::Limiter;
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
+use crate::telemetry::http::Readiness;
+use crate::telemetry::rpc::RpcMetricsLayer;
 
 /// How often the memory store drops idle keys.
 const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -51,6 +54,9 @@ pub enum RunError {
     /// The JWT keys could not be loaded.
     #[error("JWT keys: {0}")]
     Keys(#[from] KeyRingError),
+    /// The admin HTTP port could not be opened.
+    #[error("cannot listen on {0} for /metrics: {1}")]
+    MetricsListen(std::net::SocketAddr, std::io::Error),
     /// The password hasher settings are unusable.
     #[error("password hashing: {0}")]
     Hasher(#[from] HasherConfigError),
@@ -82,6 +88,37 @@ pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
             AnyStore::Redis(RedisStore::connect(target, config.redis_io_timeout).await?)
         }
     })
+}
+
+/// A future that resolves when `stop` fires (each background task gets its own).
+fn stopped(stop: &tokio::sync::broadcast::Sender<()>) -> impl Future<Output = ()> + use<> {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.recv().await;
+    }
+}
+
+/// How often histogram buckets are folded for rendering (the exporter's upkeep).
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+
+/// Retries the store every `every` until it answers, then marks the replica ready.
+async fn wait_for_store(
+    limiter: Arc<Limiter<AnyStore>>,
+    readiness: Arc<Readiness>,
+    every: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    while !readiness.is_ready() {
+        tokio::select! {
+            () = &mut stop => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if limiter.refresh_policies().await.is_ok() {
+            readiness.store_answered();
+            tracing::info!("store answered; ready");
+        }
+    }
 }
 
 /// Loads the JWT keys the config names.
@@ -143,7 +180,51 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RunError> {
-    let store = open_store(&config).await?;
+    // Background work, stopped together at shutdown.
+    let (stop_background, _) = tokio::sync::broadcast::channel::<()>(1);
+    // The admin port comes up first: liveness answers while the store is still connecting,
+    // and readiness says why traffic should wait.
+    let readiness = Arc::new(Readiness::default());
+    let metrics = telemetry::metrics::handle();
+    let admin_http = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| RunError::MetricsListen(addr, e))?;
+            Some(tokio::spawn(telemetry::http::serve(
+                listener,
+                readiness.clone(),
+                stopped(&stop_background),
+            )))
+        }
+        None => None,
+    };
+    let result = serve(
+        &config,
+        listener,
+        shutdown,
+        &readiness,
+        metrics,
+        &stop_background,
+    )
+    .await;
+    let _ = stop_background.send(());
+    if let Some(task) = admin_http {
+        let _ = task.await;
+    }
+    result
+}
+
+/// [`run`] once the admin port is up.
+async fn serve(
+    config: &Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+    readiness: &Arc<Readiness>,
+    metrics: &'static metrics_exporter_prometheus::PrometheusHandle,
+    stop_background: &tokio::sync::broadcast::Sender<()>,
+) -> Result<(), RunError> {
+    let store = open_store(config).await?;
     tracing::info!(store = ?config.store, default_limit = %config.default_limit, "store ready");
     let limiter = Arc::new(Limiter::new(
         store,
@@ -152,37 +233,49 @@ pub async fn run(
         config.envoy.clone(),
         config.limiter.clone(),
     ));
-    if let Err(e) = limiter.refresh_policies().await {
-        tracing::warn!(error = %e, "runtime limit overrides not loaded yet; will retry");
+    match limiter.refresh_policies().await {
+        Ok(_) => readiness.store_answered(),
+        Err(e) => tracing::warn!(error = %e, "store not answering yet; not ready until it does"),
     }
     let auth = Arc::new(open_authenticator(
-        &config,
+        config,
         limiter.store().clone(),
         limiter.clone(),
     )?);
 
-    // Background work, stopped together at shutdown.
-    let (stop_background, _) = tokio::sync::broadcast::channel::<()>(1);
-    let stopped = |tx: &tokio::sync::broadcast::Sender<()>| {
-        let mut rx = tx.subscribe();
-        async move {
-            let _ = rx.recv().await;
-        }
-    };
     let background = [
+        tokio::spawn(wait_for_store(
+            limiter.clone(),
+            readiness.clone(),
+            config.policy_refresh,
+            stopped(stop_background),
+        )),
+        tokio::spawn(periodic::run_every(
+            METRICS_UPKEEP,
+            METRICS_UPKEEP,
+            stopped(stop_background),
+            periodic::OutageMessages {
+                failing: "metrics upkeep failed",
+                recovered: "metrics upkeep recovered",
+            },
+            || async {
+                metrics.run_upkeep();
+                Ok::<(), std::convert::Infallible>(())
+            },
+        )),
         tokio::spawn(
             limiter
                 .clone()
-                .refresh_policies_every(config.policy_refresh, stopped(&stop_background)),
+                .refresh_policies_every(config.policy_refresh, stopped(stop_background)),
         ),
         tokio::spawn(
             auth.clone()
-                .poll_revocations_every(config.auth.revocation_poll, stopped(&stop_background)),
+                .poll_revocations_every(config.auth.revocation_poll, stopped(stop_background)),
         ),
         tokio::spawn(
             auth.keys()
                 .clone()
-                .watch(config.auth.key_set_poll, stopped(&stop_background)),
+                .watch(config.auth.key_set_poll, stopped(stop_background)),
         ),
     ];
 
@@ -209,6 +302,7 @@ pub async fn run(
     );
     let router = Server::builder()
         .tcp_nodelay(true)
+        .layer(RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1.build_v1()?)
         .add_service(reflection_v1alpha.build_v1alpha()?)
@@ -238,6 +332,7 @@ pub async fn run(
         r = &mut server => r.map_err(RunError::from),
         () = shutdown => {
             tracing::info!(grace = ?config.shutdown_grace, "shutting down: draining calls in flight");
+            readiness.draining();
             set_health(&health, ServingStatus::NotServing).await;
             let _ = drain_tx.send(());
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {

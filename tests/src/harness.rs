@@ -809,6 +809,8 @@ pub struct PortcullisProcess {
     /// Declared before `dir` so the process dies before its log dir is removed.
     child: ManagedChild,
     addr: SocketAddr,
+    /// The admin HTTP port (`/metrics`, `/livez`, `/readyz`), unless the args chose one.
+    metrics_addr: Option<SocketAddr>,
     dir: TempDir,
 }
 
@@ -825,10 +827,14 @@ impl PortcullisProcess {
             let log_path = dir.path().join(PORTCULLIS_LOG);
             let addr = SocketAddr::from((LOOPBACK, free_port()));
             let mut cmd = Command::new(binary);
-            cmd.arg("--listen")
-                .arg(addr.to_string())
-                .args(args)
-                .current_dir(dir.path());
+            cmd.arg("--listen").arg(addr.to_string());
+            // Processes run side by side: each gets its own admin port, not the default 9090.
+            let metrics_addr = (!args.contains(&"--metrics-listen")).then(|| {
+                let metrics_addr = SocketAddr::from((LOOPBACK, free_port()));
+                cmd.arg("--metrics-listen").arg(metrics_addr.to_string());
+                metrics_addr
+            });
+            cmd.args(args).current_dir(dir.path());
             for (name, _) in env::vars_os() {
                 if name.to_string_lossy().starts_with(PORTCULLIS_ENV_PREFIX) {
                     cmd.env_remove(name);
@@ -842,7 +848,14 @@ impl PortcullisProcess {
             let failure = match wait_ready(&mut child, PORTCULLIS_READY_TIMEOUT, || {
                 TcpStream::connect_timeout(&addr, PROBE_TIMEOUT).is_ok()
             }) {
-                Readiness::Ready => return PortcullisProcess { child, addr, dir },
+                Readiness::Ready => {
+                    return PortcullisProcess {
+                        child,
+                        addr,
+                        metrics_addr,
+                        dir,
+                    };
+                }
                 Readiness::Exited(status) => {
                     format!("exited ({status}) before accepting connections on {addr}")
                 }
@@ -865,6 +878,11 @@ impl PortcullisProcess {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The admin HTTP address (`/metrics`, `/livez`, `/readyz`) the harness chose.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://127.0.0.1:PORT`, for a tonic channel.

@@ -97,6 +97,10 @@ impl TestServer {
             }
         }
         args.extend(extra_args.iter().map(|a| a.to_string()));
+        if !extra_args.contains(&"--metrics-listen") {
+            // Many servers share this process: none may take the fixed default port.
+            args.extend(["--metrics-listen".into(), "127.0.0.1:0".into()]);
+        }
         let mut env: std::collections::HashMap<String, String> = [(
             "PORTCULLIS_ADMIN_TOKEN".to_string(),
             ADMIN_TOKEN.to_string(),

@@ -23,6 +23,7 @@ async fn health_reports_each_service_serving() {
     for service in [
         "portcullis.v1.RateLimitService",
         "portcullis.v1.AdminService",
+        "portcullis.v1.AuthService",
         "envoy.service.ratelimit.v3.RateLimitService",
     ] {
         let r = health

@@ -7,6 +7,7 @@ use super::model::AuditEvent;
 use super::service::AuthError;
 use crate::ratelimit::clock::unix_time;
 use crate::ratelimit::keys;
+use crate::telemetry::metrics::AUTH_EVENTS;
 
 /// Who is calling, as far as the transport knows: for the audit log only.
 #[derive(Debug, Clone, Default)]
@@ -110,8 +111,15 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
     }
 }
 
-/// Writes `event` to the log, as structured fields under target `audit`.
+/// Writes `event` to the log, as structured fields under target `audit`, and counts it.
 pub fn log(event: &AuditEvent) {
+    // Both are words from fixed sets chosen by the code, so the label space stays bounded.
+    metrics::counter!(
+        AUTH_EVENTS,
+        "action" => event.action.clone(),
+        "outcome" => event.outcome.clone()
+    )
+    .increment(1);
     tracing::info!(
         target: "audit",
         action = %event.action,

@@ -27,6 +27,7 @@ use crate::ratelimit::policy::Limit;
 use crate::ratelimit::{Limiter, RateLimitError};
 use crate::store::auth::{AuthStore, REVOCATIONS_BATCH, hex};
 use crate::store::{RateLimitStore, StoreError};
+use crate::telemetry::metrics::{LOCKOUTS, TOKEN_VERIFICATIONS};
 
 /// The only scope of a token issued while the password must be changed.
 pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
@@ -590,6 +591,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             .finish_attempt(tenant, subject, verified.matches, lockout, unix_now_ms())
             .await?;
         if locked_now {
+            metrics::counter!(LOCKOUTS).increment(1);
             // The moment of the lock is an event of its own, for alerting.
             let mut lock = PendingAudit::new(&audit.context(), tenant, "account.lock");
             lock.event.user_id = audit.event.user_id.clone();
@@ -681,6 +683,22 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
 
     /// [`verify`](Self::verify), also returning the kid of the key that verified the token.
     pub fn verify_keyed(
+        &self,
+        token: &str,
+        tenant: Option<&str>,
+    ) -> Result<(AccessClaims, String), AuthError> {
+        let verified = self.verify_unrecorded(token, tenant);
+        let outcome = match &verified {
+            Ok(_) => "valid",
+            Err(AuthError::InvalidToken(problem)) => problem.reason(),
+            Err(AuthError::SessionEnded) => "revoked",
+            Err(_) => "error",
+        };
+        metrics::counter!(TOKEN_VERIFICATIONS, "outcome" => outcome).increment(1);
+        verified
+    }
+
+    fn verify_unrecorded(
         &self,
         token: &str,
         tenant: Option<&str>,

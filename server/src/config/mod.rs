@@ -100,6 +100,8 @@ pub struct Config {
     pub admin_token: Option<AdminToken>,
     /// Authentication: keys, lifetimes, lockout, passwords.
     pub auth: AuthConfig,
+    /// The admin HTTP port (`/metrics`, `/livez`, `/readyz`); `None` turns it off.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A configuration problem, naming the setting and where it came from.
@@ -166,6 +168,10 @@ struct Flags {
     /// HS256 secret comes from JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
     #[arg(long, value_name = "FILE")]
     jwt_key_set: Option<PathBuf>,
+    /// Admin HTTP address for /metrics, /livez and /readyz, or "off"
+    /// [env: PORTCULLIS_METRICS_LISTEN] [default: 127.0.0.1:9090]
+    #[arg(long, value_name = "ADDR|off")]
+    metrics_listen: Option<String>,
     /// `iss` of access tokens [env: PORTCULLIS_JWT_ISSUER] [default: portcullis]
     #[arg(long, value_name = "ISSUER")]
     jwt_issuer: Option<String>,
@@ -190,6 +196,7 @@ struct FileConfig {
     envoy: EnvoySection,
     policy_refresh: Option<String>,
     shutdown_grace: Option<String>,
+    metrics_listen: Option<String>,
     #[serde(default)]
     auth: auth::AuthSection,
 }
@@ -325,6 +332,23 @@ impl Config {
                     format!("{text:?} is not an address such as 127.0.0.1:50051: {e}"),
                 )
             })?,
+        };
+
+        let metrics_listen = match pick(
+            flags.metrics_listen,
+            env,
+            "PORTCULLIS_METRICS_LISTEN",
+            file.metrics_listen,
+            "metrics_listen",
+        ) {
+            None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            Some((text, _)) if text == "off" => None,
+            Some((text, origin)) => Some(text.parse().map_err(|e| {
+                invalid(
+                    origin,
+                    format!("{text:?} is not an address such as 127.0.0.1:9090, nor off: {e}"),
+                )
+            })?),
         };
 
         let redis_url = pick(
@@ -486,6 +510,7 @@ impl Config {
 
         Ok(Self {
             auth,
+            metrics_listen,
             listen,
             store,
             redis_io_timeout,

@@ -20,6 +20,7 @@ use super::policy::{
 };
 use crate::periodic::{OutageMessages, run_every};
 use crate::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
+use crate::telemetry::metrics::RATELIMIT_DECISIONS;
 
 /// What to answer when the store does not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -31,6 +32,17 @@ pub enum FailMode {
     Closed,
     /// Answer with an error and let the caller decide (Envoy's `failure_mode_deny`).
     Unavailable,
+}
+
+impl FailMode {
+    /// The decision-metric outcome of a decision this mode made.
+    const fn outcome(self) -> &'static str {
+        match self {
+            Self::Open => "fail_open",
+            Self::Closed => "fail_closed",
+            Self::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// Knobs of the limiter.
@@ -185,6 +197,16 @@ impl CheckDecision {
             now_unix_us: self.now_unix_us,
         })
     }
+}
+
+/// The `api` label of `Check` decisions.
+const CHECK: &str = "check";
+/// The `api` label of Envoy `ShouldRateLimit` decisions.
+const ENVOY: &str = "envoy";
+
+/// Counts one decision by API and outcome.
+fn count_decision(api: &'static str, outcome: &'static str) {
+    metrics::counter!(RATELIMIT_DECISIONS, "api" => api, "outcome" => outcome).increment(1);
 }
 
 /// Logs store trouble once per incident instead of once per request.
@@ -381,6 +403,7 @@ impl<S: RateLimitStore> Limiter<S> {
             .as_ref()
             .and_then(|c| c.lookup(&key, cost, sent_at));
         if let Some(hit) = cached {
+            count_decision(CHECK, "denied_cached");
             return Ok(decision(hit.into(), unix_time().as_micros() as u64));
         }
         let batch = [LimitRequest {
@@ -397,9 +420,16 @@ impl<S: RateLimitStore> Limiter<S> {
                         "store answered for a different number of limits",
                     )));
                 };
+                let verdict = if key_outcome.verdict == Verdict::Allowed {
+                    "allowed"
+                } else {
+                    "denied"
+                };
+                count_decision(CHECK, verdict);
                 Ok(decision(key_outcome, outcome.now_us))
             }
             Err(e) => {
+                count_decision(CHECK, self.settings.check_fail_mode.outcome());
                 let allowed = match self.settings.check_fail_mode {
                     FailMode::Open => true,
                     FailMode::Closed => false,
@@ -530,7 +560,10 @@ impl<S: RateLimitStore> Limiter<S> {
 
         let sent_at = Instant::now();
         let outcome = match self.cached_batch(&batch, sent_at) {
-            Some(o) => o,
+            Some(o) => {
+                count_decision(ENVOY, "denied_cached");
+                o
+            }
             None if batch.is_empty() => BatchOutcome {
                 now_us: unix_time().as_micros() as u64,
                 committed: true,
@@ -539,9 +572,13 @@ impl<S: RateLimitStore> Limiter<S> {
             None => match self.decide(&batch).await {
                 Ok(o) => {
                     self.remember_denials(&batch, &o, sent_at);
+                    count_decision(ENVOY, if o.committed { "allowed" } else { "denied" });
                     o
                 }
-                Err(e) => return self.envoy_fail_mode(e, applied),
+                Err(e) => {
+                    count_decision(ENVOY, self.settings.envoy_fail_mode.outcome());
+                    return self.envoy_fail_mode(e, applied);
+                }
             },
         };
 

@@ -1,6 +1,20 @@
 //! Where counters and runtime policies live: the store traits, and the memory and Redis
 //! implementations chosen by configuration.
 
+/// Forwards a call on [`AnyStore`] to the chosen store, timing it for the store metrics
+/// (`op` is the method's name).
+macro_rules! delegate {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {{
+        let started = std::time::Instant::now();
+        let result = match $self {
+            AnyStore::Memory(s) => s.$method($($arg),*).await,
+            AnyStore::Redis(s) => s.$method($($arg),*).await,
+        };
+        crate::telemetry::metrics::store_call(stringify!($method), started, &result);
+        result
+    }};
+}
+
 pub mod auth;
 pub mod memory;
 pub mod redis;
@@ -119,17 +133,11 @@ pub enum AnyStore {
 
 impl RateLimitStore for AnyStore {
     async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, StoreError> {
-        match self {
-            Self::Memory(s) => s.decide(batch).await,
-            Self::Redis(s) => s.decide(batch).await,
-        }
+        delegate!(self, decide(batch))
     }
 
     async fn set_override(&self, policy: &PolicyOverride) -> Result<(), StoreError> {
-        match self {
-            Self::Memory(s) => s.set_override(policy).await,
-            Self::Redis(s) => s.set_override(policy).await,
-        }
+        delegate!(self, set_override(policy))
     }
 
     async fn delete_override(
@@ -137,20 +145,14 @@ impl RateLimitStore for AnyStore {
         tenant: &str,
         resource: Option<&str>,
     ) -> Result<bool, StoreError> {
-        match self {
-            Self::Memory(s) => s.delete_override(tenant, resource).await,
-            Self::Redis(s) => s.delete_override(tenant, resource).await,
-        }
+        delegate!(self, delete_override(tenant, resource))
     }
 
     async fn load_overrides(
         &self,
         known: Option<u64>,
     ) -> Result<Option<OverrideSnapshot>, StoreError> {
-        match self {
-            Self::Memory(s) => s.load_overrides(known).await,
-            Self::Redis(s) => s.load_overrides(known).await,
-        }
+        delegate!(self, load_overrides(known))
     }
 
     fn is_remote(&self) -> bool {

@@ -14,6 +14,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::Secret;
 use super::policy::{PasswordPolicy, PolicyViolation, check_not_common};
+use crate::telemetry::metrics::{ARGON2_QUEUE_DEPTH, ARGON2_REJECTIONS};
 
 /// Largest memory cost (KiB) of a stored hash we agree to evaluate: 256 MiB.
 pub const MAX_STORED_MEMORY_KIB: u32 = 262_144;
@@ -368,6 +369,7 @@ struct WaitingGuard<'a>(&'a AtomicUsize);
 impl<'a> WaitingGuard<'a> {
     fn enter(counter: &'a AtomicUsize) -> Self {
         counter.fetch_add(1, Ordering::Relaxed);
+        metrics::gauge!(ARGON2_QUEUE_DEPTH).increment(1.0);
         Self(counter)
     }
 }
@@ -375,6 +377,7 @@ impl<'a> WaitingGuard<'a> {
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        metrics::gauge!(ARGON2_QUEUE_DEPTH).decrement(1.0);
     }
 }
 
@@ -553,9 +556,12 @@ impl PasswordHasher {
         match acquired {
             Ok(Ok(permit)) => Ok(permit),
             Ok(Err(_closed)) => Err(HashError::Internal("hashing semaphore closed".to_owned())),
-            Err(_elapsed) => Err(HashError::Overloaded {
-                retry_after: self.retry_hint(ahead),
-            }),
+            Err(_elapsed) => {
+                metrics::counter!(ARGON2_REJECTIONS).increment(1);
+                Err(HashError::Overloaded {
+                    retry_after: self.retry_hint(ahead),
+                })
+            }
         }
     }
 

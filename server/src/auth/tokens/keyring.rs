@@ -830,6 +830,7 @@ impl ReloadingKeyRing {
         let path = path.into();
         let mut reader = StampingReader::default();
         let ring = load_key_set(&path, &mut reader)?;
+        crate::telemetry::metrics::key_ring(&ring, None);
         Ok(Self {
             ring: ArcSwap::from_pointee(ring),
             path: Some(path),
@@ -839,8 +840,10 @@ impl ReloadingKeyRing {
 
     /// A ring that never changes (keys from the environment, or ephemeral).
     pub fn fixed(ring: impl Into<Arc<KeyRing>>) -> Self {
+        let ring = ring.into();
+        crate::telemetry::metrics::key_ring(&ring, None);
         Self {
-            ring: ArcSwap::new(ring.into()),
+            ring: ArcSwap::new(ring),
             path: None,
             seen: Mutex::new(Vec::new()),
         }
@@ -873,6 +876,7 @@ impl ReloadingKeyRing {
         let result = load_key_set(path, &mut reader);
         *seen = reader.stamps;
         let ring = result?;
+        crate::telemetry::metrics::key_ring(&ring, Some(&self.ring.load()));
         self.ring.store(Arc::new(ring));
         Ok(true)
     }

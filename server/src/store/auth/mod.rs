@@ -241,16 +241,6 @@ pub trait AuthStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<AuditEvent>, StoreError>> + Send;
 }
 
-/// Forwards a call to the chosen store.
-macro_rules! delegate {
-    ($self:ident, $method:ident ( $($arg:expr),* )) => {
-        match $self {
-            AnyStore::Memory(s) => s.$method($($arg),*).await,
-            AnyStore::Redis(s) => s.$method($($arg),*).await,
-        }
-    };
-}
-
 impl AuthStore for AnyStore {
     async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
         delegate!(self, create_user(user))
