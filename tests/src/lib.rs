@@ -1,6 +1,8 @@
 //! End-to-end test support for Portcullis: real `redis-server` and `portcullis` processes
-//! ([`harness`]), and an in-process server on any store ([`server`]).
+//! ([`harness`]), an in-process server on any store ([`server`]), and a client of the
+//! authentication API with helpers for its error details ([`auth`]).
 
+pub mod auth;
 pub mod harness;
 pub mod server;
 

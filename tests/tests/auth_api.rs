@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
 use std::collections::HashSet;
+use std::ops::Deref;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -11,14 +12,12 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use futures::future::join_all;
 use portcullis_client::pb;
-use portcullis_client::pb::admin_service_client::AdminServiceClient;
-use portcullis_client::pb::auth_service_client::AuthServiceClient;
-use portcullis_tests::server::{ADMIN_TOKEN, Backend, JWT_SECRET, TestServer, unique};
+use portcullis_tests::auth::{
+    AuthApi, CLIENT_IP, env_kid, invalid_field, reason, refused, retry_delay,
+};
+use portcullis_tests::server::{Backend, JWT_SECRET, TestServer, unique};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
-use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
-use tonic_types::StatusExt;
 
 /// A password that meets the default ("guide") policy.
 const GOOD: &str = "Vq7#mLx2!pRz9w";
@@ -26,8 +25,8 @@ const GOOD: &str = "Vq7#mLx2!pRz9w";
 const OTHER: &str = "Kd4$hTy8@nBc3e";
 /// A wrong guess.
 const WRONG: &str = "Wrong-Guess-42!x";
-/// The client IP most logins claim.
-const IP: &str = "203.0.113.7";
+/// The roles of every test user.
+const READER: &[&str] = &["reader"];
 /// How long a revocation may take to reach VerifyToken (polled revocation feed, 1 s promised).
 const PROPAGATION: Duration = Duration::from_millis(1500);
 
@@ -42,81 +41,12 @@ fn config_file(auth_lines: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-/// Wraps `message` in a request carrying the admin bearer token.
-fn as_admin<T>(message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {ADMIN_TOKEN}").parse().unwrap(),
-    );
-    request
-}
-
-/// The `reason` of the status's ErrorInfo, checking its domain.
-fn reason(status: &Status) -> String {
-    let details = status.get_error_details();
-    let info = details
-        .error_info()
-        .unwrap_or_else(|| panic!("no ErrorInfo in {status:?}"));
-    assert_eq!(info.domain, "portcullis", "{status:?}");
-    info.reason.clone()
-}
-
-/// Asserts that `result` failed with `code` and ErrorInfo `expected`; returns the status.
-#[track_caller]
-fn refused<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, expected: &str) -> Status {
-    let status = result.expect_err("the call must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert_eq!(reason(&status), expected, "{status:?}");
-    status
-}
-
-/// Asserts that `result` failed with INVALID_ARGUMENT and a BadRequest naming `field`.
-#[track_caller]
-fn invalid_field<T: std::fmt::Debug>(result: Result<T, Status>, field: &str) -> Status {
-    let status = result.expect_err("the call must fail");
-    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    let details = status.get_error_details();
-    let bad = details
-        .bad_request()
-        .unwrap_or_else(|| panic!("no BadRequest in {status:?}"));
-    assert!(
-        bad.field_violations.iter().any(|v| v.field == field),
-        "{field} not named in {status:?}"
-    );
-    status
-}
-
-/// The RetryInfo delay of `status`, which must be present and positive.
-#[track_caller]
-fn retry_delay(status: &Status) -> Duration {
-    let details = status.get_error_details();
-    let delay = details
-        .retry_info()
-        .and_then(|r| r.retry_delay)
-        .unwrap_or_else(|| panic!("no RetryInfo delay in {status:?}"));
-    assert!(delay > Duration::ZERO, "{status:?}");
-    delay
-}
-
 /// Seconds since the Unix epoch.
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
-}
-
-/// The kid the server derives for an environment secret (spec: first 8 bytes, hex, of
-/// SHA-256("portcullis jwt kid v1\0" ‖ secret)).
-fn env_kid(secret: &str) -> String {
-    let mut h = Sha256::new();
-    h.update(b"portcullis jwt kid v1\0");
-    h.update(secret.as_bytes());
-    h.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// Signs `claims` with HS256 and `secret` under this kid and typ.
@@ -161,18 +91,22 @@ fn has_member(value: &Value, name: &str) -> bool {
     }
 }
 
-/// A test server on a fresh tenant, with the generated AuthService and AdminService clients.
+/// A test server with its config file, and an [`AuthApi`] client of it on a fresh tenant.
 struct Api {
-    /// The tenant this test owns.
-    tenant: String,
-    /// AuthService over the server's connection.
-    auth: AuthServiceClient<Channel>,
-    /// AdminService over the same connection; requests go through [`as_admin`].
-    admin: AdminServiceClient<Channel>,
+    /// The client; `Api` derefs to it.
+    client: AuthApi,
     /// Keeps the server running.
     _server: TestServer,
     /// Keeps the config file.
     _config: tempfile::TempDir,
+}
+
+impl Deref for Api {
+    type Target = AuthApi;
+
+    fn deref(&self) -> &AuthApi {
+        &self.client
+    }
 }
 
 impl Api {
@@ -181,157 +115,11 @@ impl Api {
         let (dir, path) = config_file(auth_lines);
         let server =
             TestServer::start(backend, &["--config", path.to_str().expect("utf-8 path")]).await;
-        let channel = Channel::from_shared(format!("http://{}", server.addr))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
         Self {
-            tenant: unique("t"),
-            auth: AuthServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel),
+            client: AuthApi::connect(&format!("http://{}", server.addr)).await,
             _server: server,
             _config: dir,
         }
-    }
-
-    /// A handle on AuthService (clones share the connection).
-    fn auth(&self) -> AuthServiceClient<Channel> {
-        self.auth.clone()
-    }
-
-    /// A handle on AdminService; wrap requests in [`as_admin`].
-    fn admin(&self) -> AdminServiceClient<Channel> {
-        self.admin.clone()
-    }
-
-    /// Creates `username` with password [`GOOD`] and role `reader`.
-    async fn create_user(&self, username: &str, must_change_password: Option<bool>) -> pb::User {
-        self.admin()
-            .create_user(as_admin(pb::CreateUserRequest {
-                tenant_id: self.tenant.clone(),
-                username: username.to_owned(),
-                initial_password: GOOD.to_owned(),
-                roles: vec!["reader".to_owned()],
-                must_change_password,
-            }))
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// A login request for this tenant from `client_ip`.
-    fn login_request(&self, username: &str, password: &str, client_ip: &str) -> pb::LoginRequest {
-        pb::LoginRequest {
-            tenant_id: self.tenant.clone(),
-            username: username.to_owned(),
-            password: password.to_owned(),
-            client_ip: client_ip.to_owned(),
-        }
-    }
-
-    /// Logs in from [`IP`].
-    async fn login(&self, username: &str, password: &str) -> Result<pb::LoginResponse, Status> {
-        self.login_from(username, password, IP).await
-    }
-
-    /// Logs in from `client_ip`.
-    async fn login_from(
-        &self,
-        username: &str,
-        password: &str,
-        client_ip: &str,
-    ) -> Result<pb::LoginResponse, Status> {
-        let request = self.login_request(username, password, client_ip);
-        Ok(self.auth().login(request).await?.into_inner())
-    }
-
-    /// Verifies an access token, requiring `tenant_id` when it is not empty.
-    async fn verify_in(
-        &self,
-        access_token: &str,
-        tenant_id: &str,
-    ) -> Result<pb::VerifyTokenResponse, Status> {
-        let request = pb::VerifyTokenRequest {
-            access_token: access_token.to_owned(),
-            tenant_id: tenant_id.to_owned(),
-        };
-        Ok(self.auth().verify_token(request).await?.into_inner())
-    }
-
-    /// Verifies an access token without a tenant requirement.
-    async fn verify(&self, access_token: &str) -> Result<pb::VerifyTokenResponse, Status> {
-        self.verify_in(access_token, "").await
-    }
-
-    /// Exchanges a refresh token.
-    async fn refresh(&self, refresh_token: &str) -> Result<pb::LoginResponse, Status> {
-        let request = pb::RefreshRequest {
-            refresh_token: refresh_token.to_owned(),
-        };
-        Ok(self.auth().refresh(request).await?.into_inner())
-    }
-
-    /// Logs out by refresh token; the `revoked` flag.
-    async fn logout(&self, refresh_token: &str) -> Result<bool, Status> {
-        let request = pb::LogoutRequest {
-            refresh_token: refresh_token.to_owned(),
-            access_token: String::new(),
-        };
-        Ok(self.auth().logout(request).await?.into_inner().revoked)
-    }
-
-    /// Changes the password of the token's user.
-    async fn change_password(
-        &self,
-        access_token: &str,
-        current: &str,
-        new: &str,
-    ) -> Result<pb::ChangePasswordResponse, Status> {
-        let request = pb::ChangePasswordRequest {
-            access_token: access_token.to_owned(),
-            current_password: current.to_owned(),
-            new_password: new.to_owned(),
-        };
-        Ok(self.auth().change_password(request).await?.into_inner())
-    }
-
-    /// The user by id (admin).
-    async fn get_user(&self, user_id: &str) -> Result<pb::User, Status> {
-        let request = as_admin(pb::GetUserRequest {
-            tenant_id: self.tenant.clone(),
-            user_id: user_id.to_owned(),
-            username: String::new(),
-        });
-        Ok(self.admin().get_user(request).await?.into_inner())
-    }
-
-    /// The user's live sessions (admin).
-    async fn list_sessions(&self, user_id: &str) -> Vec<pb::Session> {
-        let request = as_admin(pb::ListSessionsRequest {
-            tenant_id: self.tenant.clone(),
-            user_id: user_id.to_owned(),
-        });
-        self.admin()
-            .list_sessions(request)
-            .await
-            .unwrap()
-            .into_inner()
-            .sessions
-    }
-
-    /// One page of the tenant's audit events (admin).
-    async fn audit_page(&self, limit: u32, after_id: &str) -> pb::ListAuditEventsResponse {
-        let request = as_admin(pb::ListAuditEventsRequest {
-            tenant_id: self.tenant.clone(),
-            limit,
-            after_id: after_id.to_owned(),
-        });
-        self.admin()
-            .list_audit_events(request)
-            .await
-            .unwrap()
-            .into_inner()
     }
 
     /// Polls VerifyToken until it refuses `access_token` with SESSION_ENDED; fails after
@@ -357,7 +145,7 @@ impl Api {
 
 async fn login_verify_refresh_logout(backend: Backend) {
     let api = Api::start(backend, "").await;
-    let user = api.create_user("alice", Some(false)).await;
+    let user = api.create_user("alice", GOOD, READER, Some(false)).await;
     let login = api.login("alice", GOOD).await.unwrap();
     assert_eq!(login.user_id, user.user_id);
     assert!(!login.password_change_required);
@@ -401,9 +189,17 @@ async fn login_verify_refresh_logout(backend: Backend) {
     let again = api.verify(&refreshed.access_token).await.unwrap();
     assert_eq!(again.session_id, login.session_id);
 
-    assert!(api.logout(&refreshed.refresh_token).await.unwrap());
     assert!(
-        !api.logout(&refreshed.refresh_token).await.unwrap(),
+        api.logout(&refreshed.refresh_token, "")
+            .await
+            .unwrap()
+            .revoked
+    );
+    assert!(
+        !api.logout(&refreshed.refresh_token, "")
+            .await
+            .unwrap()
+            .revoked,
         "a second logout finds the session ended"
     );
     api.expect_session_ended(&refreshed.access_token).await;
@@ -417,7 +213,7 @@ async fn login_verify_refresh_logout(backend: Backend) {
 
 async fn refresh_token_reuse_kills_the_session(backend: Backend) {
     let api = Api::start(backend, "").await;
-    api.create_user("bob", Some(false)).await;
+    api.create_user("bob", GOOD, READER, Some(false)).await;
     let first = api.login("bob", GOOD).await.unwrap();
     let second = api.refresh(&first.refresh_token).await.unwrap();
     refused(
@@ -435,7 +231,7 @@ async fn refresh_token_reuse_kills_the_session(backend: Backend) {
 
 async fn failures_look_alike_then_lock_until_unlocked(backend: Backend) {
     let api = Api::start(backend, "").await;
-    let user = api.create_user("carol", Some(false)).await;
+    let user = api.create_user("carol", GOOD, READER, Some(false)).await;
     let shape = |status: Status| (status.code(), status.message().to_owned(), reason(&status));
     let unknown = shape(api.login("nobody", GOOD).await.unwrap_err());
     assert_eq!(
@@ -462,7 +258,7 @@ async fn failures_look_alike_then_lock_until_unlocked(backend: Backend) {
 
     let unlocked = api
         .admin()
-        .unlock_user(as_admin(pb::UnlockUserRequest {
+        .unlock_user(api.as_admin(pb::UnlockUserRequest {
             tenant_id: api.tenant.clone(),
             user_id: user.user_id.clone(),
         }))
@@ -484,7 +280,7 @@ async fn concurrent_guesses_evaluate_only_the_lockout_limit(backend: Backend) {
         "reveal_lockout = true\nlogin_limit_per_ip = \"100/1m\"",
     )
     .await;
-    let user = api.create_user("dave", Some(false)).await;
+    let user = api.create_user("dave", GOOD, READER, Some(false)).await;
     let guesses = (0..20).map(|_| api.login("dave", WRONG));
     let mut reasons: Vec<String> = Vec::new();
     for result in join_all(guesses).await {
@@ -513,7 +309,7 @@ async fn concurrent_guesses_evaluate_only_the_lockout_limit(backend: Backend) {
 
 async fn first_login_must_change_the_password(backend: Backend) {
     let api = Api::start(backend, "").await;
-    let user = api.create_user("erin", None).await;
+    let user = api.create_user("erin", GOOD, READER, None).await;
     assert!(user.must_change_password, "unset means true");
     let first = api.login("erin", GOOD).await.unwrap();
     assert!(first.password_change_required);
@@ -567,7 +363,7 @@ async fn first_login_must_change_the_password(backend: Backend) {
 
 async fn forged_and_broken_tokens_are_refused(backend: Backend) {
     let api = Api::start(backend, "").await;
-    api.create_user("frank", Some(false)).await;
+    api.create_user("frank", GOOD, READER, Some(false)).await;
     let login = api.login("frank", GOOD).await.unwrap();
     let verified = api.verify(&login.access_token).await.unwrap();
     let kid = env_kid(JWT_SECRET);
@@ -636,13 +432,7 @@ async fn forged_and_broken_tokens_are_refused(backend: Backend) {
 
 async fn jwks_never_publishes_the_hs256_secret(backend: Backend) {
     let api = Api::start(backend, "").await;
-    let jwks = api
-        .auth()
-        .get_jwks(pb::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .jwks_json;
+    let jwks = api.jwks_json().await;
     let parsed: Value = serde_json::from_str(&jwks).unwrap();
     assert_eq!(
         parsed["keys"],
@@ -656,7 +446,7 @@ async fn jwks_never_publishes_the_hs256_secret(backend: Backend) {
 
 async fn admin_create_user_validates(backend: Backend) {
     let api = Api::start(backend, "").await;
-    api.create_user("grace", None).await;
+    api.create_user("grace", GOOD, READER, None).await;
     let request = |tenant: &str, username: &str, password: &str| pb::CreateUserRequest {
         tenant_id: tenant.to_owned(),
         username: username.to_owned(),
@@ -666,19 +456,19 @@ async fn admin_create_user_validates(backend: Backend) {
     };
     let status = api
         .admin()
-        .create_user(as_admin(request(&api.tenant, "grace", OTHER)))
+        .create_user(api.as_admin(request(&api.tenant, "grace", OTHER)))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
     invalid_field(
         api.admin()
-            .create_user(as_admin(request(&api.tenant, "heidi", "password1234")))
+            .create_user(api.as_admin(request(&api.tenant, "heidi", "password1234")))
             .await,
         "initial_password",
     );
     invalid_field(
         api.admin()
-            .create_user(as_admin(request("", "heidi", OTHER)))
+            .create_user(api.as_admin(request("", "heidi", OTHER)))
             .await,
         "tenant_id",
     );
@@ -694,10 +484,10 @@ async fn admin_create_user_validates(backend: Backend) {
 
 async fn admin_sessions_and_export(backend: Backend) {
     let api = Api::start(backend, "").await;
-    let user = api.create_user("ivan", Some(false)).await;
+    let user = api.create_user("ivan", GOOD, READER, Some(false)).await;
     let by_name = api
         .admin()
-        .get_user(as_admin(pb::GetUserRequest {
+        .get_user(api.as_admin(pb::GetUserRequest {
             tenant_id: api.tenant.clone(),
             user_id: String::new(),
             username: "ivan".to_owned(),
@@ -720,7 +510,7 @@ async fn admin_sessions_and_export(backend: Backend) {
 
     let export = api
         .admin()
-        .export_user_data(as_admin(pb::ExportUserDataRequest {
+        .export_user_data(api.as_admin(pb::ExportUserDataRequest {
             tenant_id: api.tenant.clone(),
             user_id: user.user_id.clone(),
         }))
@@ -744,7 +534,7 @@ async fn admin_sessions_and_export(backend: Backend) {
 
     let revoked = api
         .admin()
-        .revoke_sessions(as_admin(pb::RevokeSessionsRequest {
+        .revoke_sessions(api.as_admin(pb::RevokeSessionsRequest {
             tenant_id: api.tenant.clone(),
             user_id: user.user_id.clone(),
             session_ids: vec![a.session_id.clone()],
@@ -768,14 +558,17 @@ async fn admin_sessions_and_export(backend: Backend) {
 
 async fn admin_delete_user_erases(backend: Backend) {
     let api = Api::start(backend, "").await;
-    let user = api.create_user("judy", Some(false)).await;
+    let user = api.create_user("judy", GOOD, READER, Some(false)).await;
     let login = api.login("judy", GOOD).await.unwrap();
     let delete = |user_id: String| {
         let mut admin = api.admin();
-        let tenant_id = api.tenant.clone();
+        let request = api.as_admin(pb::DeleteUserRequest {
+            tenant_id: api.tenant.clone(),
+            user_id,
+        });
         async move {
             admin
-                .delete_user(as_admin(pb::DeleteUserRequest { tenant_id, user_id }))
+                .delete_user(request)
                 .await
                 .unwrap()
                 .into_inner()
@@ -799,9 +592,9 @@ async fn admin_delete_user_erases(backend: Backend) {
 
 async fn audit_trail_of_a_session(backend: Backend) {
     let api = Api::start(backend, "").await;
-    api.create_user("kim", Some(false)).await;
+    api.create_user("kim", GOOD, READER, Some(false)).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let mut request = Request::new(api.login_request("kim", GOOD, IP));
+    let mut request = Request::new(api.login_request("kim", GOOD, CLIENT_IP));
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{trace_id}-00f067aa0ba902b7-01")
@@ -815,7 +608,12 @@ async fn audit_trail_of_a_session(backend: Backend) {
         "INVALID_CREDENTIALS",
     );
     let refreshed = api.refresh(&login.refresh_token).await.unwrap();
-    assert!(api.logout(&refreshed.refresh_token).await.unwrap());
+    assert!(
+        api.logout(&refreshed.refresh_token, "")
+            .await
+            .unwrap()
+            .revoked
+    );
 
     let all = api.audit_page(100, "").await;
     assert!(all.next_after_id.is_empty(), "one page holds them all");
@@ -844,7 +642,7 @@ async fn audit_trail_of_a_session(backend: Backend) {
     let success = events[3];
     assert_eq!(success.trace_id, trace_id);
     assert_eq!(success.user_id, login.user_id);
-    assert_eq!(success.client_ip, IP);
+    assert_eq!(success.client_ip, CLIENT_IP);
     assert_eq!(events[2].client_ip, "198.51.100.9");
     for login_event in [events[2], events[3]] {
         let hash = &login_event.username_hash;
@@ -877,7 +675,7 @@ async fn audit_trail_of_a_session(backend: Backend) {
 
 async fn logins_are_throttled_per_client_ip(backend: Backend) {
     let api = Api::start(backend, "login_limit_per_ip = \"3/1m\"").await;
-    api.create_user("leo", Some(false)).await;
+    api.create_user("leo", GOOD, READER, Some(false)).await;
     for _ in 0..3 {
         api.login("leo", GOOD).await.unwrap();
     }

@@ -16,29 +16,21 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use portcullis_client::pb;
-use portcullis_client::pb::admin_service_client::AdminServiceClient;
-use portcullis_client::pb::auth_service_client::AuthServiceClient;
+use portcullis_tests::auth::{AuthApi, admin_request, env_kid, refusal};
 use portcullis_tests::harness::{
     ManagedChild, PortcullisProcess, RedisCluster, RedisServer, free_port, portcullis_binary,
 };
 use portcullis_tests::server::{ADMIN_TOKEN, JWT_SECRET, unique};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tempfile::TempDir;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
-use tonic_types::StatusExt;
+use tonic::Code;
 
 /// A password that meets the default ("guide") policy.
 const PASSWORD: &str = "Vq7#mLx2!pRz9w";
 /// Another policy-compliant password, for ChangePassword.
 const NEW_PASSWORD: &str = "Hs4%tWq8@nLc3y";
-/// The end-user address sent with every login (only a request field; no traffic goes there).
-const CLIENT_IP: &str = "192.0.2.10";
 /// Roles every test user gets.
 const ROLES: [&str; 2] = ["reader", "writer"];
-/// Deadline of one gRPC call; generous, it only stops a hung call from hanging the test.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a condition that must become true is checked.
 const POLL: Duration = Duration::from_millis(50);
 /// The spec: a revocation reaches every replica within 1 s; 0.5 s more covers the polling.
@@ -49,8 +41,6 @@ const KEY_SET_DEADLINE: Duration = Duration::from_secs(3);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Exit code of [`PYJWT_SCRIPT`] when PyJWT or cryptography is not installed.
 const PYJWT_MISSING: i32 = 3;
-/// Domain prefix of the kid derived from an environment secret (see auth-spec.md).
-const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
 
 /// `[auth]` lines of every config: logins throttled by neither client IP nor tenant.
 const AUTH_BASE: &str =
@@ -142,153 +132,16 @@ async fn spawn(count: usize, args: Vec<String>, envs: &[(&str, &str)]) -> Vec<Po
     .unwrap()
 }
 
-/// The generated auth and admin clients of one process, over one connection.
-#[derive(Clone)]
-struct Api {
-    auth: AuthServiceClient<Channel>,
-    admin: AdminServiceClient<Channel>,
+/// Connects to `process`, on `tenant` (each call gets its own connection).
+async fn connect(process: &PortcullisProcess, tenant: &str) -> AuthApi {
+    AuthApi::connect(&process.endpoint())
+        .await
+        .with_tenant(tenant)
 }
 
-impl Api {
-    /// Connects to `process` (each call gets its own connection).
-    async fn connect(process: &PortcullisProcess) -> Api {
-        let channel = Endpoint::from_shared(process.endpoint())
-            .unwrap()
-            .timeout(CALL_TIMEOUT)
-            .connect()
-            .await
-            .unwrap();
-        Api {
-            auth: AuthServiceClient::new(channel.clone()),
-            admin: AdminServiceClient::new(channel),
-        }
-    }
-
-    /// Connects to every process.
-    async fn connect_all(processes: &[PortcullisProcess]) -> Vec<Api> {
-        join_all(processes.iter().map(Api::connect)).await
-    }
-
-    /// Creates `username` with [`ROLES`] through the admin API; `must_change_password` as given.
-    async fn create_user(
-        &self,
-        tenant: &str,
-        username: &str,
-        password: &str,
-        must_change_password: Option<bool>,
-    ) -> pb::User {
-        let request = pb::CreateUserRequest {
-            tenant_id: tenant.into(),
-            username: username.into(),
-            initial_password: password.into(),
-            roles: ROLES.map(str::to_owned).to_vec(),
-            must_change_password,
-        };
-        self.admin
-            .clone()
-            .create_user(admin_request(request, ADMIN_TOKEN))
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// Logs in from [`CLIENT_IP`].
-    async fn login(
-        &self,
-        tenant: &str,
-        username: &str,
-        password: &str,
-    ) -> Result<pb::LoginResponse, Status> {
-        let request = pb::LoginRequest {
-            tenant_id: tenant.into(),
-            username: username.into(),
-            password: password.into(),
-            client_ip: CLIENT_IP.into(),
-        };
-        Ok(self.auth.clone().login(request).await?.into_inner())
-    }
-
-    /// VerifyToken without an expected tenant.
-    async fn verify(&self, access_token: &str) -> Result<pb::VerifyTokenResponse, Status> {
-        let request = pb::VerifyTokenRequest {
-            access_token: access_token.into(),
-            tenant_id: String::new(),
-        };
-        Ok(self.auth.clone().verify_token(request).await?.into_inner())
-    }
-
-    /// Refresh with `refresh_token`.
-    async fn refresh(&self, refresh_token: &str) -> Result<pb::LoginResponse, Status> {
-        let request = pb::RefreshRequest {
-            refresh_token: refresh_token.into(),
-        };
-        Ok(self.auth.clone().refresh(request).await?.into_inner())
-    }
-
-    /// Logout naming the session by either token (an empty string leaves a field unset).
-    async fn logout(&self, refresh_token: &str, access_token: &str) -> pb::LogoutResponse {
-        let request = pb::LogoutRequest {
-            refresh_token: refresh_token.into(),
-            access_token: access_token.into(),
-        };
-        self.auth
-            .clone()
-            .logout(request)
-            .await
-            .unwrap()
-            .into_inner()
-    }
-
-    /// ChangePassword with the caller's access token.
-    async fn change_password(
-        &self,
-        access_token: &str,
-        current: &str,
-        new: &str,
-    ) -> Result<pb::ChangePasswordResponse, Status> {
-        let request = pb::ChangePasswordRequest {
-            access_token: access_token.into(),
-            current_password: current.into(),
-            new_password: new.into(),
-        };
-        Ok(self
-            .auth
-            .clone()
-            .change_password(request)
-            .await?
-            .into_inner())
-    }
-
-    /// The JWKS as JSON.
-    async fn jwks(&self) -> Value {
-        let response = self
-            .auth
-            .clone()
-            .get_jwks(pb::GetJwksRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        serde_json::from_str(&response.jwks_json).unwrap()
-    }
-}
-
-/// `message` with `authorization: Bearer <token>` metadata.
-fn admin_request<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-/// The code and ErrorInfo reason ("" without one) of a call that must have been refused.
-fn refusal<T: std::fmt::Debug>(result: Result<T, Status>) -> (Code, String) {
-    let status = result.expect_err("the call must be refused");
-    let reason = status
-        .get_details_error_info()
-        .map(|info| info.reason)
-        .unwrap_or_default();
-    (status.code(), reason)
+/// Connects to every process, all on `tenant`.
+async fn connect_all(processes: &[PortcullisProcess], tenant: &str) -> Vec<AuthApi> {
+    join_all(processes.iter().map(|process| connect(process, tenant))).await
 }
 
 /// Polls `probe` every [`POLL`] until it returns `Some`; panics naming `what` after `within`.
@@ -348,16 +201,6 @@ fn kid_of(token: &str) -> String {
         .unwrap()
         .kid
         .expect("access tokens carry a kid")
-}
-
-/// The kid the spec derives from an environment secret: the first 8 bytes of
-/// SHA-256(domain ‖ secret), in hex.
-fn env_secret_kid(secret: &str) -> String {
-    let digest = Sha256::new()
-        .chain_update(KID_DOMAIN)
-        .chain_update(secret.as_bytes())
-        .finalize();
-    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Verifies `token` with PyJWT given `key` (`PORTCULLIS_TEST_SECRET` or `PORTCULLIS_TEST_JWK`
@@ -449,19 +292,14 @@ async fn parallel_guesses_over_three_processes_evaluate_at_most_five(cluster: bo
     let mut args = config_args(dir.path(), "reveal_lockout = true\n", CHEAP_ARGON2);
     args.extend(store.args());
     let replicas = spawn(3, args, &[("JWT_SECRET_KEY", JWT_SECRET)]).await;
-    let apis = Api::connect_all(&replicas).await;
-    let tenant = unique("lockout");
+    let apis = connect_all(&replicas, &unique("lockout")).await;
     apis[0]
-        .create_user(&tenant, "guessed", PASSWORD, Some(false))
+        .create_user("guessed", PASSWORD, &ROLES, Some(false))
         .await;
 
     let guesses = join_all((0..20).map(|i| {
         let api = apis[i % apis.len()].clone();
-        let tenant = tenant.clone();
-        async move {
-            api.login(&tenant, "guessed", &format!("Wrong#Guess{i:02}x"))
-                .await
-        }
+        async move { api.login("guessed", &format!("Wrong#Guess{i:02}x")).await }
     }))
     .await;
     let mut answers: BTreeMap<(String, String), usize> = BTreeMap::new();
@@ -482,7 +320,7 @@ async fn parallel_guesses_over_three_processes_evaluate_at_most_five(cluster: bo
     assert_eq!(count("INVALID_CREDENTIALS"), 5, "{answers:?}");
     assert_eq!(count("ACCOUNT_LOCKED"), 15, "{answers:?}");
 
-    let right = apis[1].login(&tenant, "guessed", PASSWORD).await;
+    let right = apis[1].login("guessed", PASSWORD).await;
     assert_eq!(
         refusal(right),
         (Code::Unauthenticated, "ACCOUNT_LOCKED".to_owned()),
@@ -510,12 +348,11 @@ async fn revocation_reaches_every_replica_within_a_second() {
     let mut args = config_args(dir.path(), "", CHEAP_ARGON2);
     args.extend(store.args());
     let replicas = spawn(3, args, &[("JWT_SECRET_KEY", JWT_SECRET)]).await;
-    let apis = Api::connect_all(&replicas).await;
-    let tenant = unique("revoke");
+    let apis = connect_all(&replicas, &unique("revoke")).await;
     let user = apis[0]
-        .create_user(&tenant, "leaver", PASSWORD, Some(false))
+        .create_user("leaver", PASSWORD, &ROLES, Some(false))
         .await;
-    let login = apis[0].login(&tenant, "leaver", PASSWORD).await.unwrap();
+    let login = apis[0].login("leaver", PASSWORD).await.unwrap();
     for (name, api) in ["A", "B", "C"].iter().zip(&apis) {
         let claims = api
             .verify(&login.access_token)
@@ -525,7 +362,13 @@ async fn revocation_reaches_every_replica_within_a_second() {
         assert_eq!(claims.session_id, login.session_id);
     }
 
-    assert!(apis[1].logout(&login.refresh_token, "").await.revoked);
+    assert!(
+        apis[1]
+            .logout(&login.refresh_token, "")
+            .await
+            .unwrap()
+            .revoked
+    );
     let logged_out = Instant::now();
     let refusals = eventually(
         "every replica refuses the revoked token",
@@ -567,11 +410,10 @@ async fn key_rotation_with_live_reload_keeps_old_tokens_valid() {
     let mut args = config_args(dir.path(), "key_set_poll = \"100ms\"\n", CHEAP_ARGON2);
     args.extend(["--jwt-key-set".into(), key_set.to_str().unwrap().to_owned()]);
     let process = spawn(1, args, &[]).await.pop().unwrap();
-    let api = Api::connect(&process).await;
-    let tenant = unique("rotate");
-    api.create_user(&tenant, "rotor", PASSWORD, Some(false))
+    let api = connect(&process, &unique("rotate")).await;
+    api.create_user("rotor", PASSWORD, &ROLES, Some(false))
         .await;
-    let login = async || api.login(&tenant, "rotor", PASSWORD).await.unwrap();
+    let login = async || api.login("rotor", PASSWORD).await.unwrap();
 
     // Day 0
     let t1 = login().await.access_token;
@@ -670,18 +512,14 @@ async fn tokens_verify_with_pyjwt() {
     let eddsa = spawn(1, eddsa_args, &[]).await;
 
     for (process, key_kind) in [(&hs256[0], "HS256"), (&eddsa[0], "EdDSA")] {
-        let api = Api::connect(process).await;
         let tenant = unique("pyjwt");
-        api.create_user(&tenant, "pythonista", PASSWORD, Some(false))
+        let api = connect(process, &tenant).await;
+        api.create_user("pythonista", PASSWORD, &ROLES, Some(false))
             .await;
-        let login = api.login(&tenant, "pythonista", PASSWORD).await.unwrap();
+        let login = api.login("pythonista", PASSWORD).await.unwrap();
         let kid = kid_of(&login.access_token);
         let decoded = if key_kind == "HS256" {
-            assert_eq!(
-                kid,
-                env_secret_kid(JWT_SECRET),
-                "kid derived as the spec says"
-            );
+            assert_eq!(kid, env_kid(JWT_SECRET), "kid derived as the spec says");
             pyjwt_decode(&login.access_token, ("PORTCULLIS_TEST_SECRET", JWT_SECRET))
         } else {
             let jwks = api.jwks().await;
@@ -758,19 +596,14 @@ async fn login_flood_keeps_memory_bounded_while_verify_answers() {
         .await
         .pop()
         .unwrap();
-    let api = Api::connect(&process).await;
-    let tenant = unique("flood");
-    api.create_user(&tenant, "steady", PASSWORD, Some(false))
+    let api = connect(&process, &unique("flood")).await;
+    api.create_user("steady", PASSWORD, &ROLES, Some(false))
         .await;
-    let token = api
-        .login(&tenant, "steady", PASSWORD)
-        .await
-        .unwrap()
-        .access_token;
+    let token = api.login("steady", PASSWORD).await.unwrap().access_token;
 
     let flooding = Arc::new(AtomicBool::new(true));
     let verifier = {
-        let api = Api::connect(&process).await;
+        let api = connect(&process, &api.tenant).await;
         let flooding = Arc::clone(&flooding);
         tokio::spawn(async move {
             let (mut answered, mut failures) = (0_u64, Vec::new());
@@ -786,7 +619,6 @@ async fn login_flood_keeps_memory_bounded_while_verify_answers() {
     let deadline = Instant::now() + FLOOD;
     let workers = (0..WORKERS).map(|worker| {
         let api = api.clone();
-        let tenant = tenant.clone();
         async move {
             let mut answers = Vec::new();
             for attempt in 0.. {
@@ -794,9 +626,7 @@ async fn login_flood_keeps_memory_bounded_while_verify_answers() {
                     break;
                 }
                 let username = format!("flood-{worker}-{attempt}");
-                answers.push(refusal(
-                    api.login(&tenant, &username, "Wrong#Flood123x").await,
-                ));
+                answers.push(refusal(api.login(&username, "Wrong#Flood123x").await));
             }
             answers
         }
@@ -858,19 +688,18 @@ async fn secrets_never_reach_the_log() {
         .await
         .pop()
         .unwrap();
-    let api = Api::connect(&process).await;
-    let tenant = unique("secrets");
+    let api = connect(&process, &unique("secrets")).await;
     let mut tokens = Vec::new();
 
-    api.create_user(&tenant, "keeper", PASSWORD, None).await;
-    let first = api.login(&tenant, "keeper", PASSWORD).await.unwrap();
+    api.create_user("keeper", PASSWORD, &ROLES, None).await;
+    let first = api.login("keeper", PASSWORD).await.unwrap();
     assert!(first.password_change_required);
     assert_eq!(
-        refusal(api.login(&tenant, "keeper", WRONG).await).1,
+        refusal(api.login("keeper", WRONG).await).1,
         "INVALID_CREDENTIALS"
     );
     assert_eq!(
-        refusal(api.login(&tenant, "nobody", UNKNOWN_USER_PASSWORD).await).1,
+        refusal(api.login("nobody", UNKNOWN_USER_PASSWORD).await).1,
         "INVALID_CREDENTIALS"
     );
     assert_eq!(
@@ -884,21 +713,20 @@ async fn secrets_never_reach_the_log() {
     api.change_password(&first.access_token, PASSWORD, NEW_PASSWORD)
         .await
         .unwrap();
-    let second = api.login(&tenant, "keeper", NEW_PASSWORD).await.unwrap();
+    let second = api.login("keeper", NEW_PASSWORD).await.unwrap();
     let refreshed = api.refresh(&second.refresh_token).await.unwrap();
     assert_eq!(
         refusal(api.refresh(&second.refresh_token).await),
         (Code::Unauthenticated, "SESSION_ENDED".to_owned()),
         "a reused refresh token ends the session"
     );
-    let third = api.login(&tenant, "keeper", NEW_PASSWORD).await.unwrap();
-    assert!(api.logout("", &third.access_token).await.revoked);
+    let third = api.login("keeper", NEW_PASSWORD).await.unwrap();
+    assert!(api.logout("", &third.access_token).await.unwrap().revoked);
     let refused = api
-        .admin
-        .clone()
+        .admin()
         .get_user(admin_request(
             pb::GetUserRequest {
-                tenant_id: tenant.clone(),
+                tenant_id: api.tenant.clone(),
                 user_id: String::new(),
                 username: "keeper".into(),
             },
