@@ -17,6 +17,8 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 pub use portcullis_proto::{envoy, pb};
+/// TLS settings for [`PortcullisClient::connect_with_tls`] (tonic's, on the ring provider).
+pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 /// The deadline of a call unless [`PortcullisClient::with_timeout`] changes it.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,6 +74,43 @@ impl PortcullisClient {
             .map_err(|_| ClientError::InvalidUrl(url))?
             .tcp_nodelay(true)
             .connect_timeout(DEFAULT_TIMEOUT);
+        Ok(Self::from_channel(endpoint.connect().await?))
+    }
+
+    /// Connects over TLS to `url`, e.g. `https://portcullis:50051`, trusting only the CAs of
+    /// `ca_pem` (PEM). With `client_identity` (certificate chain PEM, private key PEM) the
+    /// client presents that certificate, for a server started with `--tls-client-ca` (mTLS).
+    /// The server name checked against the certificate is the URL's host.
+    pub async fn connect_tls(
+        url: impl Into<String>,
+        ca_pem: impl AsRef<[u8]>,
+        client_identity: Option<(&[u8], &[u8])>,
+    ) -> Result<Self, ClientError> {
+        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
+        if let Some((cert_pem, key_pem)) = client_identity {
+            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
+        }
+        Self::connect_with_tls(url, tls).await
+    }
+
+    /// Connects over TLS to an `https://` `url` with tonic's TLS settings (CAs, client identity,
+    /// server name); see [`connect_tls`](Self::connect_tls) for the common case.
+    pub async fn connect_with_tls(
+        url: impl Into<String>,
+        tls: ClientTlsConfig,
+    ) -> Result<Self, ClientError> {
+        let url = url.into();
+        if !url.starts_with("https://") {
+            // tonic would silently speak plaintext to an http:// URL.
+            return Err(ClientError::InvalidUrl(format!(
+                "{url} (TLS needs an https:// URL)"
+            )));
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|_| ClientError::InvalidUrl(url))?
+            .tcp_nodelay(true)
+            .connect_timeout(DEFAULT_TIMEOUT)
+            .tls_config(tls)?;
         Ok(Self::from_channel(endpoint.connect().await?))
     }
 

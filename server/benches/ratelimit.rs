@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_proto::{envoy, pb};
 use portcullis_server::ratelimit::gcra::{self, GcraParams};
 use portcullis_server::ratelimit::keys::{check_key, envoy_key};
-use portcullis_server::store::redis::RedisTarget;
+use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
 use portcullis_server::store::{LimitRequest, MemoryStore, RateLimitStore, RedisStore};
 use prost::Message;
 
@@ -147,9 +147,13 @@ fn redis_decision(c: &mut Criterion) {
         .unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let rt = runtime();
     let store = rt.block_on(async {
-        let store = RedisStore::connect(&RedisTarget::Single(url.clone()), Duration::from_secs(1))
-            .await
-            .ok()?;
+        let store = RedisStore::connect(
+            &RedisTarget::Single(url.clone()),
+            &RedisSecurity::default(),
+            Duration::from_secs(1),
+        )
+        .await
+        .ok()?;
         store
             .decide(&request("rl:{bench-probe}:default".into()))
             .await

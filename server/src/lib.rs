@@ -10,13 +10,13 @@ pub mod periodic;
 pub mod ratelimit;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_proto::{envoy, pb};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::server::NamedService;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -35,6 +35,7 @@ use crate::ratelimit::Limiter;
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
 use crate::telemetry::http::Readiness;
 use crate::telemetry::rpc::RpcMetricsLayer;
+use crate::telemetry::traces::RpcTraceLayer;
 
 /// How often the memory store drops idle keys.
 const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -60,6 +61,9 @@ pub enum RunError {
     /// The password hasher settings are unusable.
     #[error("password hashing: {0}")]
     Hasher(#[from] HasherConfigError),
+    /// The TLS certificate, key or client CA could not be loaded.
+    #[error("gRPC TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// Reports `status` for every Portcullis service and for the server as a whole ("").
@@ -84,9 +88,9 @@ pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
             store.spawn_sweeper(MEMORY_SWEEP_EVERY);
             AnyStore::Memory(store)
         }
-        StoreConfig::Redis(target) => {
-            AnyStore::Redis(RedisStore::connect(target, config.redis_io_timeout).await?)
-        }
+        StoreConfig::Redis(target) => AnyStore::Redis(
+            RedisStore::connect(target, &config.redis_security, config.redis_io_timeout).await?,
+        ),
     })
 }
 
@@ -224,6 +228,12 @@ async fn serve(
     metrics: &'static metrics_exporter_prometheus::PrometheusHandle,
     stop_background: &tokio::sync::broadcast::Sender<()>,
 ) -> Result<(), RunError> {
+    // TLS first: a missing or broken certificate stops the start before the store is touched.
+    let transport = tls::Transport::open(
+        &config.tls,
+        listener.local_addr().ok(),
+        stopped(stop_background),
+    )?;
     let store = open_store(config).await?;
     tracing::info!(store = ?config.store, default_limit = %config.default_limit, "store ready");
     let limiter = Arc::new(Limiter::new(
@@ -302,6 +312,7 @@ async fn serve(
     );
     let router = Server::builder()
         .tcp_nodelay(true)
+        .layer(RpcTraceLayer)
         .layer(RpcMetricsLayer)
         .add_service(health_service)
         .add_service(reflection_v1.build_v1()?)
@@ -324,7 +335,7 @@ async fn serve(
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "serving gRPC");
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+    let server = router.serve_with_incoming_shutdown(transport.incoming(listener), async {
         let _ = drain_rx.await;
     });
     tokio::pin!(server);

@@ -2,7 +2,9 @@
 
 use std::process::ExitCode;
 
-use portcullis_server::config::{Config, ConfigError, ProcessEnv};
+use portcullis_server::config::{Config, ConfigError, DotEnv, ProcessEnv, WithDotEnv};
+use portcullis_server::telemetry::logs::LogFormat;
+use portcullis_server::telemetry::traces::Traces;
 
 /// mimalloc: the request path allocates many small short-lived buffers (HTTP/2 frames, protobuf
 /// messages, Redis commands), where glibc's malloc showed up as about a sixth of CPU samples.
@@ -11,7 +13,19 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = match Config::load(std::env::args_os(), &ProcessEnv) {
+    // A `.env` in the working directory fills in variables the environment lacks; it is
+    // refused unless only its owner can read it.
+    let env = match DotEnv::load(std::path::Path::new(".env")) {
+        Ok(dotenv) => WithDotEnv {
+            primary: ProcessEnv,
+            dotenv,
+        },
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let config = match Config::load(std::env::args_os(), &env) {
         Ok(c) => c,
         Err(ConfigError::Help(text)) => {
             #[allow(clippy::print_stdout)] // --help and --version go to stdout
@@ -25,7 +39,15 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    // OTEL_* variables are read from the process environment, as the OpenTelemetry SDK does.
+    let traces = match Traces::from_env(&ProcessEnv) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("portcullis: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format, traces.as_ref());
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -33,27 +55,42 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match portcullis_server::run(config, listener, shutdown_signal()).await {
+    let code = match portcullis_server::run(config, listener, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "stopped");
             ExitCode::FAILURE
         }
+    };
+    if let Some(traces) = traces {
+        traces.shutdown().await;
     }
+    code
 }
 
-/// Logs go to stderr, levels by `RUST_LOG` (default info). Audit events (target `audit`) are
-/// always one JSON object per line, whatever `RUST_LOG` says, so they can be shipped and
-/// parsed as records.
-fn init_logging() {
+/// Logs go to stderr as JSON lines or text (`--log-format`), levels by `RUST_LOG` (default
+/// info). Audit events (target `audit`) are always one JSON object per line, whatever
+/// `RUST_LOG` and the format say, so they can be shipped and parsed as records. With `traces`,
+/// spans also go to the OpenTelemetry exporter.
+fn init_logging(format: LogFormat, traces: Option<&Traces>) {
     use tracing_subscriber::filter::{EnvFilter, filter_fn};
     use tracing_subscriber::prelude::*;
 
     let env_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let operational = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let operational: Boxed = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    let operational = operational
         .with_filter(filter_fn(|m| m.target() != AUDIT_TARGET))
         .with_filter(env_filter);
     let audit = tracing_subscriber::fmt::layer()
@@ -63,9 +100,11 @@ fn init_logging() {
         .with_span_list(false)
         .with_writer(std::io::stderr)
         .with_filter(filter_fn(|m| m.target() == AUDIT_TARGET));
+    let traces = traces.map(Traces::layer);
     tracing_subscriber::registry()
         .with(operational)
         .with(audit)
+        .with(traces)
         .init();
 }
 

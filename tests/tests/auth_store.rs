@@ -12,7 +12,7 @@ use portcullis_server::store::auth::{
     AttemptGate, AuditEvent, AuthStore, LockoutSettings, REVOCATIONS_BATCH, RotateOutcome, Session,
     UserRecord,
 };
-use portcullis_server::store::redis::RedisTarget;
+use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
 use portcullis_server::store::{AnyStore, MemoryStore, RedisStore};
 use portcullis_tests::server::{Backend, shared_cluster_seeds, shared_redis_url, unique};
 
@@ -47,9 +47,13 @@ impl Fixture {
                 let url = tokio::task::spawn_blocking(shared_redis_url).await.unwrap();
                 Self {
                     store: AnyStore::Redis(
-                        RedisStore::connect(&RedisTarget::Single(url), io)
-                            .await
-                            .unwrap(),
+                        RedisStore::connect(
+                            &RedisTarget::Single(url),
+                            &RedisSecurity::default(),
+                            io,
+                        )
+                        .await
+                        .unwrap(),
                     ),
                     clock: None,
                 }
@@ -60,9 +64,13 @@ impl Fixture {
                     .unwrap();
                 Self {
                     store: AnyStore::Redis(
-                        RedisStore::connect(&RedisTarget::Cluster(seeds), io)
-                            .await
-                            .unwrap(),
+                        RedisStore::connect(
+                            &RedisTarget::Cluster(seeds),
+                            &RedisSecurity::default(),
+                            io,
+                        )
+                        .await
+                        .unwrap(),
                     ),
                     clock: None,
                 }

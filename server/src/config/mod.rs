@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod auth;
+mod redis;
+mod secrets;
+mod tls;
 
 use clap::Parser;
 use serde::Deserialize;
@@ -17,9 +20,12 @@ use zeroize::Zeroizing;
 use crate::ratelimit::envoy_config::EnvoyConfig;
 use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
 use crate::ratelimit::{FailMode, LimiterSettings, keys};
-use crate::store::redis::RedisTarget;
+use crate::store::redis::{RedisSecurity, RedisTarget};
+use crate::telemetry::logs::LogFormat;
 
 pub use auth::{AuthConfig, KeySource};
+pub use secrets::{DotEnv, WithDotEnv};
+pub use tls::{ServerTls, TlsConfig, TlsFile};
 
 /// Where environment variables come from.
 pub trait EnvSource {
@@ -84,6 +90,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Redis connect and response timeout (the limiter's own timeout is shorter).
     pub redis_io_timeout: Duration,
+    /// Redis ACL user, password and TLS material.
+    pub redis_security: RedisSecurity,
     /// The default limit for every tenant.
     pub default_limit: Limit,
     /// Per-tenant and per-(tenant, resource) limits from the config file.
@@ -102,6 +110,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The admin HTTP port (`/metrics`, `/livez`, `/readyz`); `None` turns it off.
     pub metrics_listen: Option<SocketAddr>,
+    /// How operational log lines are written (audit lines are JSON either way).
+    pub log_format: LogFormat,
+    /// TLS (and mTLS) on the gRPC port.
+    pub tls: TlsConfig,
 }
 
 /// A configuration problem, naming the setting and where it came from.
@@ -150,6 +162,17 @@ struct Flags {
     /// Seed nodes of a Redis Cluster [env: PORTCULLIS_REDIS_CLUSTER]
     #[arg(long, value_name = "URL,URL,...")]
     redis_cluster: Option<String>,
+    /// PEM bundle of the CAs that sign Redis's certificates (rediss:// only)
+    /// [env: PORTCULLIS_REDIS_CA_FILE]; the password comes from PORTCULLIS_REDIS_PASSWORD or
+    /// PORTCULLIS_REDIS_PASSWORD_FILE, the ACL user from PORTCULLIS_REDIS_USERNAME
+    #[arg(long, value_name = "FILE")]
+    redis_ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to Redis [env: PORTCULLIS_REDIS_CLIENT_CERT]
+    #[arg(long, value_name = "FILE")]
+    redis_client_cert: Option<PathBuf>,
+    /// PEM key of the Redis client certificate [env: PORTCULLIS_REDIS_CLIENT_KEY]
+    #[arg(long, value_name = "FILE")]
+    redis_client_key: Option<PathBuf>,
     /// envoyproxy/ratelimit YAML file or folder [env: PORTCULLIS_ENVOY_CONFIG]
     #[arg(long, value_name = "PATH")]
     envoy_config: Option<PathBuf>,
@@ -172,6 +195,10 @@ struct Flags {
     /// [env: PORTCULLIS_METRICS_LISTEN] [default: 127.0.0.1:9090]
     #[arg(long, value_name = "ADDR|off")]
     metrics_listen: Option<String>,
+    /// Log lines as JSON objects or as text; audit events are JSON either way
+    /// [env: PORTCULLIS_LOG_FORMAT] [default: json, text when stderr is a terminal]
+    #[arg(long, value_name = "json|text")]
+    log_format: Option<String>,
     /// `iss` of access tokens [env: PORTCULLIS_JWT_ISSUER] [default: portcullis]
     #[arg(long, value_name = "ISSUER")]
     jwt_issuer: Option<String>,
@@ -181,6 +208,8 @@ struct Flags {
     /// Access-token lifetime [env: PORTCULLIS_ACCESS_TOKEN_TTL] [default: 30m]
     #[arg(long, value_name = "DURATION")]
     access_token_ttl: Option<String>,
+    #[command(flatten)]
+    tls: tls::TlsFlags,
 }
 
 /// The TOML file. Unknown keys are an error so typos do not pass silently.
@@ -197,8 +226,11 @@ struct FileConfig {
     policy_refresh: Option<String>,
     shutdown_grace: Option<String>,
     metrics_listen: Option<String>,
+    log_format: Option<String>,
     #[serde(default)]
     auth: auth::AuthSection,
+    #[serde(default)]
+    tls: tls::TlsSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -206,6 +238,10 @@ struct FileConfig {
 struct StoreSection {
     redis_url: Option<String>,
     redis_cluster: Option<Vec<String>>,
+    redis_username: Option<String>,
+    redis_ca_file: Option<String>,
+    redis_client_cert: Option<String>,
+    redis_client_key: Option<String>,
     timeout: Option<String>,
     io_timeout: Option<String>,
     fail_mode: Option<FailMode>,
@@ -351,6 +387,18 @@ impl Config {
             })?),
         };
 
+        let log_format = match pick(
+            flags.log_format,
+            env,
+            "PORTCULLIS_LOG_FORMAT",
+            file.log_format,
+            "log_format",
+        ) {
+            None => LogFormat::for_stderr(),
+            Some((text, origin)) => LogFormat::parse(&text)
+                .ok_or_else(|| invalid(origin, format!("expected json or text, got {text:?}")))?,
+        };
+
         let redis_url = pick(
             flags.redis_url,
             env,
@@ -390,6 +438,22 @@ impl Config {
             }
             (None, None) => StoreConfig::Memory,
         };
+
+        let redis_security = redis::resolve(
+            redis::RedisFlags {
+                ca_file: flags.redis_ca_file,
+                client_cert: flags.redis_client_cert,
+                client_key: flags.redis_client_key,
+            },
+            redis::RedisFileKeys {
+                username: file.store.redis_username,
+                ca_file: file.store.redis_ca_file,
+                client_cert: file.store.redis_client_cert,
+                client_key: file.store.redis_client_key,
+            },
+            env,
+            &store,
+        )?;
 
         let file_default = file.limits.default.map(|d| (d.rate, d.period, d.burst));
         let default_limit = match (
@@ -496,6 +560,8 @@ impl Config {
             Duration::from_secs(20),
         )?;
 
+        let tls = TlsConfig::resolve(flags.tls, file.tls, env)?;
+
         let auth = AuthConfig::resolve(
             auth::AuthFlags {
                 jwt_key_set: flags.jwt_key_set,
@@ -510,10 +576,13 @@ impl Config {
 
         Ok(Self {
             auth,
+            tls,
             metrics_listen,
+            log_format,
             listen,
             store,
             redis_io_timeout,
+            redis_security,
             default_limit,
             overrides,
             envoy,
@@ -548,28 +617,11 @@ fn check_redis_url(url: &str, origin: &str) -> Result<String, ConfigError> {
 /// The admin token from `PORTCULLIS_ADMIN_TOKEN` or the file named by
 /// `PORTCULLIS_ADMIN_TOKEN_FILE` (a Kubernetes secret mount); one of them, not both.
 fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
-    let direct = env.non_empty("PORTCULLIS_ADMIN_TOKEN").map(Zeroizing::new);
-    let file = env.non_empty("PORTCULLIS_ADMIN_TOKEN_FILE");
-    let token = match (direct, file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "PORTCULLIS_ADMIN_TOKEN / PORTCULLIS_ADMIN_TOKEN_FILE",
-                "set one of them, not both",
-            ));
-        }
-        (Some(token), None) => token,
-        (None, Some(path)) => {
-            let text = Zeroizing::new(std::fs::read_to_string(&path).map_err(|e| {
-                invalid(
-                    "PORTCULLIS_ADMIN_TOKEN_FILE",
-                    format!("cannot read {path}: {e}"),
-                )
-            })?);
-            Zeroizing::new(text.trim().to_owned())
-        }
-        (None, None) => return Ok(None),
+    let Some(token) = secrets::secret(env, "PORTCULLIS_ADMIN_TOKEN")? else {
+        return Ok(None);
     };
-    if token.trim().len() < 16 {
+    let token = Zeroizing::new(token.trim().to_owned());
+    if token.len() < 16 {
         return Err(invalid(
             "admin token",
             "must be at least 16 characters (generate one with: openssl rand -hex 32)",
@@ -594,6 +646,27 @@ mod tests {
     fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let argv = std::iter::once("portcullis").chain(args.iter().copied());
         Config::load(argv, &env(vars))
+    }
+
+    #[test]
+    fn log_format_from_flag_env_or_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "log_format = \"text\"\n").unwrap();
+        let p = path.to_str().unwrap();
+        let from_file = load(&["--config", p], &[]);
+        assert_eq!(from_file.unwrap().log_format, LogFormat::Text);
+        let from_env = load(&["--config", p], &[("PORTCULLIS_LOG_FORMAT", "json")]);
+        assert_eq!(from_env.unwrap().log_format, LogFormat::Json);
+        let from_flag = load(
+            &["--log-format", "text"],
+            &[("PORTCULLIS_LOG_FORMAT", "json")],
+        );
+        assert_eq!(from_flag.unwrap().log_format, LogFormat::Text);
+        let e = load(&[], &[("PORTCULLIS_LOG_FORMAT", "pretty")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("PORTCULLIS_LOG_FORMAT"), "{e}");
     }
 
     #[test]
@@ -858,5 +931,64 @@ mod tests {
         assert!(both.is_err());
         let bad = load(&["--access-token-ttl", "0s"], &[]);
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn redis_credentials_and_tls_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "redis-secret-pw\n").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let (pw, ca) = (pw.to_str().unwrap(), ca.to_str().unwrap());
+        let key = ("JWT_SECRET_KEY", SECRET_32);
+
+        let c = load(
+            &["--redis-url", "rediss://h:6380", "--redis-ca-file", ca],
+            &[
+                key,
+                ("PORTCULLIS_REDIS_PASSWORD_FILE", pw),
+                ("PORTCULLIS_REDIS_USERNAME", "svc"),
+            ],
+        )
+        .unwrap();
+        let s = &c.redis_security;
+        assert_eq!(
+            s.password.as_deref().map(String::as_str),
+            Some("redis-secret-pw")
+        );
+        assert_eq!(s.username.as_deref(), Some("svc"));
+        assert!(s.ca_pem.is_some() && s.client_identity.is_none());
+        assert!(!format!("{c:?}").contains("redis-secret-pw"));
+
+        let e = load(&["--redis-url", "redis://h", "--redis-ca-file", ca], &[key])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rediss://"), "{e}");
+        let e = load(
+            &["--redis-url", "rediss://h", "--redis-client-cert", ca],
+            &[key],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--redis-client-key"), "{e}");
+        let e = load(&[], &[("PORTCULLIS_REDIS_PASSWORD", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no Redis store") && !e.contains(": x"), "{e}");
+        let e = load(
+            &["--redis-url", "rediss://h", "--redis-ca-file", pw],
+            &[key],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("not a PEM file") && !e.contains("redis-secret-pw"),
+            "{e}"
+        );
     }
 }

@@ -2,16 +2,42 @@
 //! implementations chosen by configuration.
 
 /// Forwards a call on [`AnyStore`] to the chosen store, timing it for the store metrics
-/// (`op` is the method's name).
+/// (`op` is the method's name), in a debug-level span `store.<op>` when the call is part of
+/// a span (an RPC's; background polls outside any span would each start a trace of their
+/// own). When neither traces nor debug logs are on, only a global level check is added.
 macro_rules! delegate {
     ($self:ident, $method:ident ( $($arg:expr),* )) => {{
-        let started = std::time::Instant::now();
-        let result = match $self {
-            AnyStore::Memory(s) => s.$method($($arg),*).await,
-            AnyStore::Redis(s) => s.$method($($arg),*).await,
+        let span = if tracing::level_enabled!(tracing::Level::DEBUG)
+            && !tracing::Span::current().is_none()
+        {
+            tracing::debug_span!(
+                concat!("store.", stringify!($method)),
+                otel.kind = "client",
+                db.system.name = match $self {
+                    AnyStore::Memory(_) => "memory",
+                    AnyStore::Redis(_) => "redis",
+                },
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
         };
-        crate::telemetry::metrics::store_call(stringify!($method), started, &result);
-        result
+        tracing::Instrument::instrument(
+            async {
+                let started = std::time::Instant::now();
+                let result = match $self {
+                    AnyStore::Memory(s) => s.$method($($arg),*).await,
+                    AnyStore::Redis(s) => s.$method($($arg),*).await,
+                };
+                crate::telemetry::metrics::store_call(stringify!($method), started, &result);
+                if result.is_err() {
+                    tracing::Span::current().record("otel.status_code", "error");
+                }
+                result
+            },
+            span,
+        )
+        .await
     }};
 }
 

@@ -44,7 +44,7 @@ fn known_methods() -> &'static HashSet<&'static str> {
 }
 
 /// The method label of a request path.
-fn method_label(path: &str) -> &'static str {
+pub(crate) fn method_label(path: &str) -> &'static str {
     known_methods().get(path).copied().unwrap_or(OTHER)
 }
 

@@ -6,8 +6,56 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::{ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
+use zeroize::Zeroizing;
 
 use crate::store::StoreError;
+
+/// Credentials and TLS material for Redis beyond what the URL says: an ACL user and password
+/// kept out of URLs (and so out of process listings), a private CA, and a client certificate
+/// for Redis's `tls-auth-clients`. Never shown by `Debug`.
+#[derive(Clone, Default)]
+pub struct RedisSecurity {
+    /// ACL user (Redis 6+); `None` is the `default` user.
+    pub username: Option<String>,
+    /// The password (`requirepass` or the ACL user's); overrides one in the URL.
+    pub password: Option<Zeroizing<String>>,
+    /// PEM bundle of the CAs that sign the Redis server certificates; `None` trusts the
+    /// public web roots. Needs `rediss://` URLs.
+    pub ca_pem: Option<Vec<u8>>,
+    /// PEM certificate and key presented to Redis (mutual TLS).
+    pub client_identity: Option<(Vec<u8>, Zeroizing<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for RedisSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSecurity")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca", &self.ca_pem.is_some())
+            .field("client_certificate", &self.client_identity.is_some())
+            .finish()
+    }
+}
+
+impl RedisSecurity {
+    /// The TLS material for the redis crate, when any is configured.
+    fn certificates(&self) -> Option<TlsCertificates> {
+        if self.ca_pem.is_none() && self.client_identity.is_none() {
+            return None;
+        }
+        Some(TlsCertificates {
+            client_tls: self
+                .client_identity
+                .as_ref()
+                .map(|(cert, key)| ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.to_vec(),
+                }),
+            root_cert: self.ca_pem.clone(),
+        })
+    }
+}
 
 /// Where Redis is.
 #[derive(Clone)]
@@ -63,14 +111,33 @@ impl RedisConnection {
     /// Connects. A single node is connected lazily (the service starts while Redis is still
     /// coming up, and decides by its fail mode until it answers); a Cluster needs one seed
     /// node to answer now, to learn the slot map.
-    pub async fn connect(target: &RedisTarget, io_timeout: Duration) -> Result<Self, StoreError> {
+    pub async fn connect(
+        target: &RedisTarget,
+        security: &RedisSecurity,
+        io_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let fail = |what: &str, e: redis::RedisError| {
             StoreError::permanent(format!("{what} {target:?}: {e}"))
         };
         match target {
             RedisTarget::Single(url) => {
-                let client =
-                    redis::Client::open(url.as_str()).map_err(|e| fail("invalid Redis URL", e))?;
+                let mut info = url
+                    .as_str()
+                    .into_connection_info()
+                    .map_err(|e| fail("invalid Redis URL", e))?;
+                let mut settings = info.redis_settings().clone();
+                if let Some(user) = &security.username {
+                    settings = settings.set_username(user);
+                }
+                if let Some(password) = &security.password {
+                    settings = settings.set_password(password.as_str());
+                }
+                info = info.set_redis_settings(settings);
+                let client = match security.certificates() {
+                    Some(certs) => redis::Client::build_with_tls(info, certs),
+                    None => redis::Client::open(info),
+                }
+                .map_err(|e| fail("invalid Redis TLS settings for", e))?;
                 let config = ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(io_timeout))
                     .set_response_timeout(Some(io_timeout))
@@ -81,10 +148,20 @@ impl RedisConnection {
                 Ok(Self::Single(manager))
             }
             RedisTarget::Cluster(urls) => {
-                let client = ClusterClient::builder(urls.iter().map(String::as_str))
+                let mut builder = ClusterClient::builder(urls.iter().map(String::as_str))
                     .connection_timeout(io_timeout)
                     .response_timeout(io_timeout)
-                    .retries(3)
+                    .retries(3);
+                if let Some(user) = &security.username {
+                    builder = builder.username(user);
+                }
+                if let Some(password) = &security.password {
+                    builder = builder.password(password.as_str());
+                }
+                if let Some(certs) = security.certificates() {
+                    builder = builder.certs(certs);
+                }
+                let client = builder
                     .build()
                     .map_err(|e| fail("invalid Redis Cluster seeds", e))?;
                 let conn = client

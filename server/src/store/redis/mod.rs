@@ -8,7 +8,7 @@ use std::time::Duration;
 use redis::cluster_routing::Slot;
 use redis::{AsyncCommands, Script};
 
-pub use self::connection::{RedisConnection, RedisTarget, redact_url};
+pub use self::connection::{RedisConnection, RedisSecurity, RedisTarget, redact_url};
 use super::{BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError};
 use crate::ratelimit::gcra::{KeyOutcome, Verdict};
 use crate::ratelimit::policy::PolicyOverride;
@@ -34,9 +34,13 @@ pub struct RedisStore {
 
 impl RedisStore {
     /// Connects to a single node or a Cluster.
-    pub async fn connect(target: &RedisTarget, io_timeout: Duration) -> Result<Self, StoreError> {
+    pub async fn connect(
+        target: &RedisTarget,
+        security: &RedisSecurity,
+        io_timeout: Duration,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: RedisConnection::connect(target, io_timeout).await?,
+            conn: RedisConnection::connect(target, security, io_timeout).await?,
             gcra: std::sync::Arc::new(Script::new(include_str!("scripts/gcra.lua"))),
             refund: std::sync::Arc::new(Script::new(include_str!("scripts/refund.lua"))),
             auth: std::sync::Arc::new(auth::AuthScripts::new()),

@@ -1,0 +1,122 @@
+//! Redis credentials and TLS material: ACL user, password (from the environment or a file),
+//! CA bundle and client certificate.
+
+use std::path::PathBuf;
+
+use zeroize::Zeroizing;
+
+use super::secrets::{read_small, secret};
+use super::{ConfigError, EnvSource, StoreConfig, invalid, pick};
+use crate::store::redis::{RedisSecurity, RedisTarget};
+
+/// The Redis security flags, passed in from the command line.
+#[derive(Debug, Default)]
+pub(super) struct RedisFlags {
+    pub ca_file: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+}
+
+/// The Redis security keys of the `[store]` table.
+#[derive(Debug, Default)]
+pub(super) struct RedisFileKeys {
+    pub username: Option<String>,
+    pub ca_file: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+}
+
+/// A PEM file's bytes; `setting` names where the path came from.
+fn pem(path: &str, setting: &str) -> Result<Zeroizing<Vec<u8>>, ConfigError> {
+    let text = read_small(std::path::Path::new(path))
+        .map_err(|e| invalid(setting, format!("cannot read {path}: {e}")))?;
+    if !text.contains("-----BEGIN ") {
+        // Never quote the content: it may be a key.
+        return Err(invalid(setting, format!("{path} is not a PEM file")));
+    }
+    Ok(Zeroizing::new(text.as_bytes().to_vec()))
+}
+
+fn path_text(p: Option<PathBuf>) -> Option<String> {
+    p.map(|p| p.to_string_lossy().into_owned())
+}
+
+/// Resolves the security settings for `store`; they need a Redis store, and TLS material
+/// needs `rediss://` URLs.
+pub(super) fn resolve(
+    flags: RedisFlags,
+    file: RedisFileKeys,
+    env: &dyn EnvSource,
+    store: &StoreConfig,
+) -> Result<RedisSecurity, ConfigError> {
+    let username = pick(
+        None,
+        env,
+        "PORTCULLIS_REDIS_USERNAME",
+        file.username,
+        "store.redis_username",
+    );
+    let password = secret(env, "PORTCULLIS_REDIS_PASSWORD")?;
+    let ca = pick(
+        path_text(flags.ca_file),
+        env,
+        "PORTCULLIS_REDIS_CA_FILE",
+        file.ca_file,
+        "store.redis_ca_file",
+    );
+    let cert = pick(
+        path_text(flags.client_cert),
+        env,
+        "PORTCULLIS_REDIS_CLIENT_CERT",
+        file.client_cert,
+        "store.redis_client_cert",
+    );
+    let key = pick(
+        path_text(flags.client_key),
+        env,
+        "PORTCULLIS_REDIS_CLIENT_KEY",
+        file.client_key,
+        "store.redis_client_key",
+    );
+    let anything =
+        username.is_some() || password.is_some() || ca.is_some() || cert.is_some() || key.is_some();
+    let urls: &[String] = match store {
+        StoreConfig::Redis(RedisTarget::Single(url)) => std::slice::from_ref(url),
+        StoreConfig::Redis(RedisTarget::Cluster(seeds)) => seeds,
+        StoreConfig::Memory if anything => {
+            return Err(invalid(
+                "Redis credentials or TLS settings",
+                "are set but no Redis store is (--redis-url or --redis-cluster)",
+            ));
+        }
+        StoreConfig::Memory => return Ok(RedisSecurity::default()),
+    };
+    let tls_material = ca.is_some() || cert.is_some() || key.is_some();
+    if tls_material && urls.iter().any(|u| !u.starts_with("rediss://")) {
+        return Err(invalid(
+            "Redis TLS settings",
+            "need rediss:// URLs (TLS); the Redis URLs given are plain redis://",
+        ));
+    }
+    let client_identity = match (cert, key) {
+        (Some((cert, cert_origin)), Some((key, key_origin))) => {
+            Some((pem(&cert, &cert_origin)?.to_vec(), pem(&key, &key_origin)?))
+        }
+        (None, None) => None,
+        (Some((_, origin)), None) | (None, Some((_, origin))) => {
+            return Err(invalid(
+                origin,
+                "a Redis client certificate needs both --redis-client-cert and --redis-client-key",
+            ));
+        }
+    };
+    Ok(RedisSecurity {
+        username: username.map(|(u, _)| u),
+        password,
+        ca_pem: match ca {
+            Some((path, origin)) => Some(pem(&path, &origin)?.to_vec()),
+            None => None,
+        },
+        client_identity,
+    })
+}

@@ -1,0 +1,207 @@
+//! Redis with a password, ACL users, TLS with a private CA and client certificates: real
+//! `redis-server` processes configured the way a hardened deployment runs them.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::harness::{RedisServer, free_port};
+use portcullis_tests::server::{Backend, JWT_SECRET, TestServer, unique};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
+};
+
+/// The `requirepass` of the default user.
+const PASSWORD: &str = "redis-test-password-7e21";
+/// An ACL user and its password.
+const ACL_USER: &str = "portcullis";
+const ACL_PASSWORD: &str = "redis-acl-password-93c4";
+
+/// A distinguished name with just a common name.
+fn named(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+/// A CA and a server and a client certificate it signed, as PEM files in a temp dir.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = named("portcullis test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        write("ca.pem", &ca.pem());
+        for (name, sans) in [
+            (
+                "server",
+                vec!["127.0.0.1".to_owned(), "localhost".to_owned()],
+            ),
+            ("client", vec!["portcullis".to_owned()]),
+        ] {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            // OpenSSL takes a leaf whose subject equals its issuer for self-signed.
+            params.distinguished_name = named(name);
+            let cert = params.signed_by(&key, &ca).unwrap();
+            write(&format!("{name}.pem"), &cert.pem());
+            write(&format!("{name}.key"), &key.serialize_pem());
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_owned()
+    }
+}
+
+/// Starts Portcullis on `url` with `args` and `env` (plus the test JWT key) and calls Check
+/// until Redis decides one (not the fail mode) or `patience` runs out; true if it did.
+async fn redis_decides(url: &str, args: &[&str], env: &[(&str, &str)], patience: Duration) -> bool {
+    let mut all = vec!["--redis-url", url, "--store-timeout", "2s"];
+    all.extend_from_slice(args);
+    let mut vars = vec![("JWT_SECRET_KEY", JWT_SECRET)];
+    vars.extend_from_slice(env);
+    let server = TestServer::start_with_env(Backend::Memory, &all, &vars).await;
+    let tenant = unique("sec");
+    let deadline = Instant::now() + patience;
+    loop {
+        let r = server.client.check(&tenant, "", "", 1).await.unwrap();
+        if !r.degraded {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Writes `text` to a file in `dir` and returns its path.
+fn secret_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, format!("{text}\n")).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_from_files_and_acl_users() {
+    let redis = tokio::task::spawn_blocking(|| {
+        let redis = RedisServer::start();
+        let acl = format!(">{ACL_PASSWORD}");
+        assert_eq!(
+            redis.cli(&["ACL", "SETUSER", ACL_USER, "on", &acl, "~*", "&*", "+@all"]),
+            "OK"
+        );
+        assert_eq!(redis.cli(&["CONFIG", "SET", "requirepass", PASSWORD]), "OK");
+        redis
+    })
+    .await
+    .unwrap();
+    let url = redis.url();
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = secret_file(dir.path(), "pw", PASSWORD);
+    let long = Duration::from_secs(5);
+
+    assert!(
+        redis_decides(
+            &url,
+            &[],
+            &[("PORTCULLIS_REDIS_PASSWORD_FILE", &password_file)],
+            long
+        )
+        .await,
+        "the default user's password from a file"
+    );
+    assert!(
+        redis_decides(
+            &url,
+            &[],
+            &[
+                ("PORTCULLIS_REDIS_USERNAME", ACL_USER),
+                ("PORTCULLIS_REDIS_PASSWORD", ACL_PASSWORD)
+            ],
+            long
+        )
+        .await,
+        "an ACL user"
+    );
+    let short = Duration::from_millis(600);
+    assert!(
+        !redis_decides(&url, &[], &[], short).await,
+        "no password: the fail mode decides"
+    );
+    assert!(
+        !redis_decides(
+            &url,
+            &[],
+            &[("PORTCULLIS_REDIS_PASSWORD", "wrong-password")],
+            short
+        )
+        .await,
+        "a wrong password: the fail mode decides"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_client_certificates() {
+    let pki = Pki::new();
+    let tls_port = free_port();
+    let port = tls_port.to_string();
+    let (cert, key, ca) = (
+        pki.path("server.pem"),
+        pki.path("server.key"),
+        pki.path("ca.pem"),
+    );
+    let redis = tokio::task::spawn_blocking(move || {
+        RedisServer::start_with_args(&[
+            "--tls-port",
+            &port,
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+        ])
+    })
+    .await
+    .unwrap();
+    let url = format!("rediss://127.0.0.1:{tls_port}");
+    let (ca, client_cert, client_key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let mutual = [
+        "--redis-ca-file",
+        ca.as_str(),
+        "--redis-client-cert",
+        client_cert.as_str(),
+        "--redis-client-key",
+        client_key.as_str(),
+    ];
+    assert!(
+        redis_decides(&url, &mutual, &[], Duration::from_secs(5)).await,
+        "the private CA and a client certificate"
+    );
+    let short = Duration::from_millis(600);
+    assert!(
+        !redis_decides(&url, &mutual[..2], &[], short).await,
+        "Redis demands a client certificate"
+    );
+    assert!(
+        !redis_decides(&url, &mutual[2..], &[], short).await,
+        "the public roots do not trust the private CA"
+    );
+    drop(redis);
+}
