@@ -814,6 +814,25 @@ pub struct PortcullisProcess {
     dir: TempDir,
 }
 
+/// Set to a folder to keep every portcullis process's log there after the test (CI greps
+/// them all for the secrets the tests use: `tests/known-secrets.txt`).
+pub const KEEP_LOGS_ENV: &str = "PORTCULLIS_TEST_LOG_DIR";
+
+impl Drop for PortcullisProcess {
+    fn drop(&mut self) {
+        let Some(keep) = env::var_os(KEEP_LOGS_ENV) else {
+            return;
+        };
+        // Stopped first, so the copy holds everything the process wrote.
+        self.child.kill();
+        let name = format!("portcullis-{}-{}.log", std::process::id(), self.addr.port());
+        let _ = fs::copy(
+            self.dir.path().join(PORTCULLIS_LOG),
+            Path::new(&keep).join(name),
+        );
+    }
+}
+
 impl PortcullisProcess {
     /// Starts `portcullis --listen 127.0.0.1:<free port> <args...>` with `envs` added to an
     /// environment without the test process's `PORTCULLIS_*` variables; stdout and stderr go to
