@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::harness::{RedisServer, free_port};
+use portcullis_tests::harness::{RedisCluster, RedisServer, free_port};
 use portcullis_tests::server::{Backend, JWT_SECRET, TestServer, unique};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, IsCa, KeyPair,
@@ -62,10 +62,21 @@ impl Pki {
     }
 }
 
-/// Starts Portcullis on `url` with `args` and `env` (plus the test JWT key) and calls Check
+/// Starts Portcullis on `store` (`--redis-url URL` or `--redis-cluster SEEDS`) with `args` and `env` (plus the test JWT key) and calls Check
 /// until Redis decides one (not the fail mode) or `patience` runs out; true if it did.
 async fn redis_decides(url: &str, args: &[&str], env: &[(&str, &str)], patience: Duration) -> bool {
-    let mut all = vec!["--redis-url", url, "--store-timeout", "2s"];
+    decides_on(&["--redis-url", url], args, env, patience).await
+}
+
+/// [`redis_decides`] on any store arguments.
+async fn decides_on(
+    store: &[&str],
+    args: &[&str],
+    env: &[(&str, &str)],
+    patience: Duration,
+) -> bool {
+    let mut all = store.to_vec();
+    all.extend_from_slice(&["--store-timeout", "2s"]);
     all.extend_from_slice(args);
     let mut vars = vec![("JWT_SECRET_KEY", JWT_SECRET)];
     vars.extend_from_slice(env);
@@ -204,4 +215,32 @@ async fn tls_with_a_private_ca_and_client_certificates() {
         "the public roots do not trust the private CA"
     );
     drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_password() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        let cluster = RedisCluster::start();
+        for node in cluster.nodes() {
+            // Replicas authenticate to their masters with the same password.
+            assert_eq!(node.cli(&["CONFIG", "SET", "masterauth", PASSWORD]), "OK");
+            assert_eq!(node.cli(&["CONFIG", "SET", "requirepass", PASSWORD]), "OK");
+        }
+        cluster
+    })
+    .await
+    .unwrap();
+    let seeds = cluster.seed_urls().join(",");
+    let store = ["--redis-cluster", seeds.as_str()];
+    assert!(
+        decides_on(
+            &store,
+            &[],
+            &[("PORTCULLIS_REDIS_PASSWORD", PASSWORD)],
+            Duration::from_secs(5)
+        )
+        .await,
+        "the cluster's password"
+    );
+    drop(cluster);
 }
