@@ -334,7 +334,10 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        if path.starts_with(UNTRACED_SERVICE) {
+        // Without an exporter the span would only label log lines, and keeping a span per
+        // call in the subscriber's registry cost about a third of the memory store's
+        // throughput (measured with h2load and perf): not worth it on the hot path.
+        if path.starts_with(UNTRACED_SERVICE) || !EXPORTING.load(Ordering::Relaxed) {
             return Box::pin(self.inner.call(request));
         }
         let (name, service, method) = rpc_names(path);
@@ -349,7 +352,7 @@ where
             otel.status_code = Empty,
             trace_id = Empty,
         );
-        if EXPORTING.load(Ordering::Relaxed) && !span.is_disabled() {
+        if !span.is_disabled() {
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
             let _ = span.set_parent(parent);
             // The trace id in the log lines of this call, to find its trace.
