@@ -17,23 +17,7 @@ cd "$work"
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 printf '%s' "$secret" > jwt-secret
 chmod 600 jwt-secret
-# A valid access token for VerifyToken, signed with the servers' key (the kid follows the
-# server's rule for an environment secret). VerifyToken checks signature, claims and
-# revocation; it needs no stored session.
-python3 - "$secret" > tokens.txt <<'PY'
-import base64, hashlib, hmac, json, sys, time
-secret = sys.argv[1].encode()
-kid = hashlib.sha256(b"portcullis jwt kid v1\0" + secret).hexdigest()[:16]
-b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
-now = int(time.time())
-header = {"alg": "HS256", "typ": "at+jwt", "kid": kid}
-claims = {"iss": "portcullis", "aud": "portcullis", "sub": "u1", "tid": "bench",
-          "sid": "s1", "jti": "j1", "iat": now, "nbf": now, "exp": now + 3600,
-          "roles": [], "scope": "api"}
-signing = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
-sig = hmac.new(secret, signing.encode(), hashlib.sha256).digest()
-print(signing + "." + b64(sig))
-PY
+python3 "$root/bench/mint_token.py" "$secret" > tokens.txt
 cat > bench.yaml <<'YAML'
 domain: bench
 descriptors:
