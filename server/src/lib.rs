@@ -34,8 +34,7 @@ use crate::grpc::ratelimit::RateLimitApi;
 use crate::ratelimit::Limiter;
 use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
 use crate::telemetry::http::Readiness;
-use crate::telemetry::rpc::RpcMetricsLayer;
-use crate::telemetry::traces::RpcTraceLayer;
+use crate::telemetry::rpc::RpcTelemetryLayer;
 
 /// How often the memory store drops idle keys.
 const MEMORY_SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -312,8 +311,7 @@ async fn serve(
     );
     let router = Server::builder()
         .tcp_nodelay(true)
-        .layer(RpcTraceLayer)
-        .layer(RpcMetricsLayer)
+        .layer(RpcTelemetryLayer)
         .add_service(health_service)
         .add_service(reflection_v1.build_v1()?)
         .add_service(reflection_v1alpha.build_v1alpha()?)
