@@ -309,8 +309,9 @@ async fn serve(
         }),
         move |r| admin_auth.check(r),
     );
+    // TCP_NODELAY is set where connections are accepted (tls::accept): tonic's own setting
+    // only applies to listeners it binds itself.
     let router = Server::builder()
-        .tcp_nodelay(true)
         .layer(RpcTelemetryLayer)
         .add_service(health_service)
         .add_service(reflection_v1.build_v1()?)

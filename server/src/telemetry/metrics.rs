@@ -36,6 +36,10 @@ pub const TOKEN_VERIFICATIONS: &str = "portcullis_token_verifications_total";
 pub const AUTH_EVENTS: &str = "portcullis_auth_events_total";
 /// JWT keys in force: 1 per (`kid`, `algorithm`, `state`), 0 once removed.
 pub const JWT_KEYS: &str = "portcullis_jwt_keys";
+/// TLS handshakes on the gRPC port by `outcome` (`ok`, `failed`, `timeout`).
+pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+/// Certificate reloads by `outcome` (`ok`, `failed`: the previous certificate stays).
+pub const TLS_RELOADS: &str = "portcullis_tls_reloads_total";
 
 /// Latency buckets, seconds: a rate-limit decision takes tens of microseconds to a few
 /// milliseconds; a login hundreds of milliseconds.
@@ -78,6 +82,8 @@ fn describe() {
     metrics::describe_counter!(TOKEN_VERIFICATIONS, "Access-token verifications by outcome");
     metrics::describe_counter!(AUTH_EVENTS, "Audit events by action and outcome");
     metrics::describe_gauge!(JWT_KEYS, "JWT keys in force (1) or removed (0)");
+    metrics::describe_counter!(TLS_HANDSHAKES, "TLS handshakes on the gRPC port by outcome");
+    metrics::describe_counter!(TLS_RELOADS, "Certificate reloads by outcome");
 }
 
 /// Records one store call: its latency and, when it failed, the error's kind.

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::ReloadingTls;
+use crate::telemetry::metrics::TLS_HANDSHAKES;
 
 /// Handshakes in progress at once; past this the accept loop waits (backpressure on a flood).
 const MAX_PENDING_HANDSHAKES: usize = 1024;
@@ -146,9 +147,15 @@ impl Stream for Incoming {
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut() {
-            Self::Plain(listener) => Pin::new(listener)
-                .poll_next(cx)
-                .map(|next| next.map(|accepted| accepted.map(ServerIo::Plain))),
+            Self::Plain(listener) => Pin::new(listener).poll_next(cx).map(|next| {
+                next.map(|accepted| {
+                    accepted.map(|tcp| {
+                        // gRPC writes small frames that must not wait for Nagle's algorithm.
+                        let _ = tcp.set_nodelay(true);
+                        ServerIo::Plain(tcp)
+                    })
+                })
+            }),
             Self::Tls(ready) => Pin::new(ready).poll_next(cx).map(|next| next.map(Ok)),
         }
     }
@@ -214,5 +221,5 @@ async fn handshake(
             "timeout"
         }
     };
-    metrics::counter!("portcullis_tls_handshakes_total", "outcome" => outcome).increment(1);
+    metrics::counter!(TLS_HANDSHAKES, "outcome" => outcome).increment(1);
 }

@@ -17,6 +17,7 @@ use rustls::sign::CertifiedKey;
 use super::TlsError;
 use super::files::{self, Kind, Snapshot, Stamp};
 use crate::config::{ServerTls, TlsFile};
+use crate::telemetry::metrics::TLS_RELOADS;
 
 /// Floor for the poll period: `tokio::time::interval` panics on zero.
 const MIN_POLL: Duration = Duration::from_millis(10);
@@ -310,7 +311,7 @@ impl ReloadingTls {
                 }
             };
             if let Some(sha256) = report.cert_reloaded {
-                metrics::counter!("portcullis_tls_reloads_total", "outcome" => "ok").increment(1);
+                metrics::counter!(TLS_RELOADS, "outcome" => "ok").increment(1);
                 tracing::info!(
                     cert = %self.settings.cert.path.display(),
                     leaf_sha256 = %sha256,
@@ -318,12 +319,11 @@ impl ReloadingTls {
                 );
             }
             if report.client_ca_reloaded {
-                metrics::counter!("portcullis_tls_reloads_total", "outcome" => "ok").increment(1);
+                metrics::counter!(TLS_RELOADS, "outcome" => "ok").increment(1);
                 tracing::info!("TLS client CA bundle reloaded");
             }
             for error in report.broken {
-                metrics::counter!("portcullis_tls_reloads_total", "outcome" => "failed")
-                    .increment(1);
+                metrics::counter!(TLS_RELOADS, "outcome" => "failed").increment(1);
                 tracing::warn!(
                     %error,
                     "TLS files changed but do not load; the previous certificate and CA stay in force"
