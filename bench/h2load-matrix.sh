@@ -36,8 +36,8 @@ echo -n "memory verify: "; run 50061 verify.bin /portcullis.v1.AuthService/Verif
 echo -n "redis check:  "; run 50062 check.bin /portcullis.v1.RateLimitService/Check
 echo -n "redis rls:    "; run 50062 rls.bin /envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
 SHA=$(redis-cli -p 6390 SCRIPT LOAD "$(cat "$root/server/src/store/redis/scripts/gcra.lua")")
-echo -n "ceiling P16:  "; redis-benchmark -p 6390 -n 400000 -P 16 -c 8 -q EVALSHA $SHA 1 'rl:{bench}:default:user-1' 1 1000000 1 1 2>&1 | tr '\r' '\n' | tail -1
-echo -n "ceiling P1:   "; redis-benchmark -p 6390 -n 200000 -c 8 -q EVALSHA $SHA 1 'rl:{bench}:default:user-1' 1 1000000 1 1 2>&1 | tr '\r' '\n' | tail -1
+echo -n "ceiling P16:  "; redis-benchmark -p 6390 -n 400000 -P 16 -c 8 -q EVALSHA $SHA 1 'rl:{bench}:default:user-1' 1 1 1 1000000 1 1 2>&1 | tr '\r' '\n' | tail -1
+echo -n "ceiling P1:   "; redis-benchmark -p 6390 -n 200000 -c 8 -q EVALSHA $SHA 1 'rl:{bench}:default:user-1' 1 1 1 1000000 1 1 2>&1 | tr '\r' '\n' | tail -1
 kill %1 %2 2>/dev/null
 redis-cli -p 6390 shutdown nosave >/dev/null
 rm -rf "$work"

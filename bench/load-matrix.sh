@@ -72,9 +72,9 @@ done
 
 SHA=$(redis-cli -p 6391 SCRIPT LOAD "$(cat "$root/server/src/store/redis/scripts/gcra.lua")")
 printf '%-28s ' "redis-benchmark P16"
-redis-benchmark -p 6391 -n 400000 -P 16 -c 8 -q EVALSHA "$SHA" 1 'rl:{bench}:default:k1' 1 1000000 1 1 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -1
+redis-benchmark -p 6391 -n 400000 -P 16 -c 8 -q EVALSHA "$SHA" 1 'rl:{bench}:default:k1' 1 1 1 1000000 1 1 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -1
 printf '%-28s ' "redis-benchmark P1"
-redis-benchmark -p 6391 -n 200000 -c 8 -q EVALSHA "$SHA" 1 'rl:{bench}:default:k1' 1 1000000 1 1 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -1
+redis-benchmark -p 6391 -n 200000 -c 8 -q EVALSHA "$SHA" 1 'rl:{bench}:default:k1' 1 1 1 1000000 1 1 2>&1 | tr '\r' '\n' | grep -v '^$' | tail -1
 
 kill $(jobs -p) 2>/dev/null
 wait 2>/dev/null

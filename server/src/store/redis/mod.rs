@@ -1,6 +1,7 @@
 //! The Redis store: one Lua script per decision on a single node or a Redis Cluster.
 
 mod auth;
+mod batch;
 mod connection;
 
 use std::time::Duration;
@@ -30,6 +31,9 @@ pub struct RedisStore {
     refund: std::sync::Arc<Script>,
     /// The authentication store's scripts (users, lockout, sessions, audit; see `auth.rs`).
     auth: std::sync::Arc<auth::AuthScripts>,
+    /// Single node: concurrent decisions share script calls. `None` on a Cluster, where a
+    /// call can only hold keys of one slot.
+    batcher: Option<batch::Batcher>,
 }
 
 impl RedisStore {
@@ -39,35 +43,25 @@ impl RedisStore {
         security: &RedisSecurity,
         io_timeout: Duration,
     ) -> Result<Self, StoreError> {
+        let conn = RedisConnection::connect(target, security, io_timeout).await?;
+        let gcra = std::sync::Arc::new(Script::new(include_str!("scripts/gcra.lua")));
+        let batcher =
+            (!conn.is_cluster()).then(|| batch::Batcher::spawn(conn.clone(), gcra.clone()));
         Ok(Self {
-            conn: RedisConnection::connect(target, security, io_timeout).await?,
-            gcra: std::sync::Arc::new(Script::new(include_str!("scripts/gcra.lua"))),
+            conn,
+            gcra,
             refund: std::sync::Arc::new(Script::new(include_str!("scripts/refund.lua"))),
             auth: std::sync::Arc::new(auth::AuthScripts::new()),
+            batcher,
         })
     }
 
-    /// Runs the decision script on requests that share one slot. Takes an iterator so the
-    /// common single-node path passes the batch without collecting references first.
-    async fn decide_slot<'a>(
-        &self,
-        batch: impl ExactSizeIterator<Item = &'a LimitRequest>,
-    ) -> Result<BatchOutcome, StoreError> {
-        let n = batch.len();
-        let mut invocation = self.gcra.prepare_invoke();
-        for req in batch {
-            invocation
-                .key(req.key.as_str())
-                .arg(req.gcra.emission_interval_us)
-                .arg(req.gcra.burst)
-                .arg(req.cost)
-                .arg(if req.enforced { "1" } else { "0" });
-        }
-        let reply: Vec<i64> = invocation
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(store_error)?;
-        parse_decision(&reply, n)
+    /// Runs the decision script on one request whose keys share one slot.
+    async fn decide_slot(&self, request: Vec<&LimitRequest>) -> Result<BatchOutcome, StoreError> {
+        let mut outcomes = run_decisions(&self.conn, &self.gcra, &[request]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| StoreError::permanent("decision script answered no request"))
     }
 
     /// Cluster: decide each slot's share in parallel; if any denied, give back what the
@@ -85,12 +79,11 @@ impl RedisStore {
                 None => groups.push((slot, vec![i])),
             }
         }
-        let outcomes = futures::future::join_all(
-            groups
-                .iter()
-                .map(|(_, members)| self.decide_slot(members.iter().map(|&i| &batch[i]))),
-        )
-        .await;
+        let outcomes =
+            futures::future::join_all(groups.iter().map(|(_, members)| {
+                self.decide_slot(members.iter().map(|&i| &batch[i]).collect())
+            }))
+            .await;
         let mut keys = vec![None; batch.len()];
         let mut now_us = 0;
         let mut committed = true;
@@ -183,37 +176,77 @@ fn untaken_view(taken: KeyOutcome, req: &LimitRequest) -> KeyOutcome {
     }
 }
 
-/// Decodes the script's flat reply (see the contract at the top of `gcra.lua`).
-fn parse_decision(reply: &[i64], n: usize) -> Result<BatchOutcome, StoreError> {
-    if reply.len() != 2 + 4 * n {
+/// Runs the decision script once over `requests`, decided in order, each all or nothing (on a
+/// Cluster all keys must share one slot).
+pub(super) async fn run_decisions(
+    conn: &RedisConnection,
+    script: &Script,
+    requests: &[Vec<&LimitRequest>],
+) -> Result<Vec<BatchOutcome>, StoreError> {
+    let mut invocation = script.prepare_invoke();
+    invocation.arg(requests.len());
+    for request in requests {
+        invocation.arg(request.len());
+        for limit in request {
+            invocation
+                .key(limit.key.as_str())
+                .arg(limit.gcra.emission_interval_us)
+                .arg(limit.gcra.burst)
+                .arg(limit.cost)
+                .arg(if limit.enforced { "1" } else { "0" });
+        }
+    }
+    let reply: Vec<i64> = invocation
+        .invoke_async(&mut conn.clone())
+        .await
+        .map_err(store_error)?;
+    parse_decisions(&reply, requests.iter().map(|r| r.len()))
+}
+
+/// Decodes the script's flat reply (see the contract at the top of `gcra.lua`) for requests
+/// of the given sizes.
+fn parse_decisions(
+    reply: &[i64],
+    sizes: impl ExactSizeIterator<Item = usize> + Clone,
+) -> Result<Vec<BatchOutcome>, StoreError> {
+    let expected = 1 + sizes.clone().map(|n| 1 + 4 * n).sum::<usize>();
+    if reply.len() != expected {
         return Err(StoreError::permanent(format!(
-            "decision script returned {} values for {n} limits",
+            "decision script returned {} values where {expected} were expected",
             reply.len()
         )));
     }
     let non_negative = |v: i64| u64::try_from(v).unwrap_or_default();
-    let keys = reply[2..]
-        .chunks_exact(4)
-        .map(|c| {
-            let verdict = match c[0] {
-                1 => Verdict::Allowed,
-                2 => Verdict::CostExceedsBurst,
-                _ => Verdict::Denied {
-                    retry_after_us: non_negative(c[3]),
-                },
-            };
-            KeyOutcome {
-                verdict,
-                remaining: non_negative(c[1]),
-                reset_after_us: non_negative(c[2]),
-            }
-        })
-        .collect();
-    Ok(BatchOutcome {
-        now_us: non_negative(reply[0]),
-        committed: reply[1] == 1,
-        keys,
-    })
+    let now_us = non_negative(reply[0]);
+    let mut at = 1;
+    let mut outcomes = Vec::with_capacity(sizes.len());
+    for n in sizes {
+        let committed = reply[at] == 1;
+        let keys = reply[at + 1..at + 1 + 4 * n]
+            .chunks_exact(4)
+            .map(|c| {
+                let verdict = match c[0] {
+                    1 => Verdict::Allowed,
+                    2 => Verdict::CostExceedsBurst,
+                    _ => Verdict::Denied {
+                        retry_after_us: non_negative(c[3]),
+                    },
+                };
+                KeyOutcome {
+                    verdict,
+                    remaining: non_negative(c[1]),
+                    reset_after_us: non_negative(c[2]),
+                }
+            })
+            .collect();
+        outcomes.push(BatchOutcome {
+            now_us,
+            committed,
+            keys,
+        });
+        at += 1 + 4 * n;
+    }
+    Ok(outcomes)
 }
 
 fn store_error(e: redis::RedisError) -> StoreError {
@@ -237,8 +270,10 @@ impl RateLimitStore for RedisStore {
                 .iter()
                 .all(|r| Some(Slot::for_key(r.key.as_bytes())) == first)
         };
-        if one_slot {
-            self.decide_slot(batch.iter()).await
+        if let Some(batcher) = &self.batcher {
+            batcher.decide(batch).await
+        } else if one_slot {
+            self.decide_slot(batch.iter().collect()).await
         } else {
             self.decide_across_slots(batch).await
         }
@@ -364,7 +399,7 @@ mod tests {
             0,
             0,
         ];
-        let out = parse_decision(&reply, 3).unwrap();
+        let out = parse_decisions(&reply, [3].into_iter()).unwrap().remove(0);
         assert_eq!(out.now_us, 1_700_000_000_000_000);
         assert!(!out.committed);
         assert_eq!(out.keys[0].verdict, Verdict::Allowed);
@@ -376,6 +411,16 @@ mod tests {
             }
         );
         assert_eq!(out.keys[2].verdict, Verdict::CostExceedsBurst);
-        assert!(parse_decision(&reply, 2).is_err());
+        assert!(parse_decisions(&reply, [2].into_iter()).is_err());
+        // Two requests in one call: the second's verdicts follow the first's.
+        let two = [7, 1, 1, 3, 0, 0, 0, 0, 9, 9, 40];
+        let outs = parse_decisions(&two, [1, 1].into_iter()).unwrap();
+        assert_eq!(outs.len(), 2);
+        assert!(outs[0].committed && !outs[1].committed);
+        assert_eq!(outs[1].now_us, 7);
+        assert_eq!(
+            outs[1].keys[0].verdict,
+            Verdict::Denied { retry_after_us: 40 }
+        );
     }
 }
