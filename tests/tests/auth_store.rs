@@ -45,36 +45,26 @@ impl Fixture {
             }
             Backend::Redis => {
                 let url = tokio::task::spawn_blocking(shared_redis_url).await.unwrap();
-                Self {
-                    store: AnyStore::Redis(
-                        RedisStore::connect(
-                            &RedisTarget::Single(url),
-                            &RedisSecurity::default(),
-                            io,
-                        )
-                        .await
-                        .unwrap(),
-                    ),
-                    clock: None,
-                }
+                Self::on_redis(RedisTarget::Single(url), io).await
             }
             Backend::Cluster => {
                 let seeds = tokio::task::spawn_blocking(shared_cluster_seeds)
                     .await
                     .unwrap();
-                Self {
-                    store: AnyStore::Redis(
-                        RedisStore::connect(
-                            &RedisTarget::Cluster(seeds),
-                            &RedisSecurity::default(),
-                            io,
-                        )
-                        .await
-                        .unwrap(),
-                    ),
-                    clock: None,
-                }
+                Self::on_redis(RedisTarget::Cluster(seeds), io).await
             }
+        }
+    }
+
+    /// A fixture on a real Redis (which keeps its own clock).
+    async fn on_redis(target: RedisTarget, io: Duration) -> Self {
+        Self {
+            store: AnyStore::Redis(
+                RedisStore::connect(&target, &RedisSecurity::default(), io)
+                    .await
+                    .unwrap(),
+            ),
+            clock: None,
         }
     }
 

@@ -80,7 +80,7 @@ pub struct BatchOutcome {
 }
 
 /// A store failure. `transient` says whether retrying later may succeed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("store error: {message}")]
 pub struct StoreError {
     /// What failed, without secrets (connection URLs are never included).

@@ -94,10 +94,7 @@ async fn drain(mut queue: mpsc::Receiver<Job>, conn: RedisConnection, script: Ar
                 }
                 Err(e) => {
                     for job in jobs {
-                        let _ = job.reply.send(Err(StoreError {
-                            message: e.message.clone(),
-                            transient: e.transient,
-                        }));
+                        let _ = job.reply.send(Err(e.clone()));
                     }
                 }
             }

@@ -264,15 +264,15 @@ fn override_field(tenant: &str, resource: Option<&str>) -> String {
 
 impl RateLimitStore for RedisStore {
     async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, StoreError> {
-        let one_slot = !self.conn.is_cluster() || {
-            let first = batch.first().map(|r| Slot::for_key(r.key.as_bytes()));
-            batch
-                .iter()
-                .all(|r| Some(Slot::for_key(r.key.as_bytes())) == first)
-        };
+        // A single node batches; a Cluster call can only hold keys of one slot.
         if let Some(batcher) = &self.batcher {
-            batcher.decide(batch).await
-        } else if one_slot {
+            return batcher.decide(batch).await;
+        }
+        let first = batch.first().map(|r| Slot::for_key(r.key.as_bytes()));
+        let one_slot = batch
+            .iter()
+            .all(|r| Some(Slot::for_key(r.key.as_bytes())) == first);
+        if one_slot {
             self.decide_slot(batch.iter().collect()).await
         } else {
             self.decide_across_slots(batch).await
