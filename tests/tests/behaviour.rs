@@ -477,6 +477,12 @@ async fn envoy_invalid_input_names_the_field(backend: Backend) {
     )
     .await;
     assert_eq!(r.overall_code, OK, "values up to 4 KiB are accepted");
+    let most = vec![descriptor(&vec![("client", "a"); 32]); 64];
+    assert_eq!(
+        should_rate_limit(&s, most).await.overall_code,
+        OK,
+        "64 descriptors of 32 entries are accepted"
+    );
     let too_long = format!("{long_path}x");
     let cases = [
         (
@@ -493,6 +499,14 @@ async fn envoy_invalid_input_names_the_field(backend: Backend) {
         (
             vec![descriptor(&[("cli\u{1b}ent", "a")])],
             "descriptors[0].entries[0].key",
+        ),
+        (vec![descriptor(&[("client", "a")]); 65], "descriptors"),
+        (
+            vec![
+                descriptor(&[("client", "a")]),
+                descriptor(&vec![("client", "a"); 33]),
+            ],
+            "descriptors[1].entries",
         ),
     ];
     for (descriptors, field) in cases {

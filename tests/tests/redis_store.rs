@@ -130,3 +130,80 @@ async fn a_slow_redis_is_answered_by_the_fail_mode() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The script decides a whole queue of requests in one call; its answers must be those of the
+/// memory store deciding the same requests one by one at the same instant. Random batches over
+/// three keys cover repeated keys (within a request and across requests), denials that undo
+/// what a request's earlier limits took, costs above the burst and shadow-mode limits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_script_call_decides_like_the_memory_store_one_by_one() {
+    use std::sync::Arc;
+
+    use portcullis_server::ratelimit::clock::{Clock, ManualClock};
+    use portcullis_server::ratelimit::gcra::{GcraParams, Verdict};
+    use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
+    use portcullis_server::store::{LimitRequest, MemoryStore, RateLimitStore, RedisStore};
+    use rand::rngs::Xoshiro256PlusPlus;
+    use rand::{RngExt, SeedableRng};
+
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let store = RedisStore::connect(
+        &RedisTarget::Single(redis.url()),
+        &RedisSecurity::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    let clock = Arc::new(ManualClock::new(0));
+    let memory = MemoryStore::with_clock(clock.clone());
+    let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
+    let keys = ["rl:{t}:a", "rl:{t}:b", "rl:{t}:c"];
+    let (mut undone, mut repeated, mut committed, mut shadow_denied) = (0, 0, 0, 0);
+
+    for round in 0..300 {
+        let requests: Vec<Vec<LimitRequest>> = (0..rng.random_range(1..=8))
+            .map(|_| {
+                (0..rng.random_range(1..=3))
+                    .map(|_| LimitRequest {
+                        key: keys[rng.random_range(0..keys.len())].to_owned(),
+                        gcra: GcraParams {
+                            emission_interval_us: [1_000, 40_000][rng.random_range(0..2)],
+                            burst: rng.random_range(1..=6),
+                        },
+                        cost: rng.random_range(1..=3),
+                        enforced: rng.random_range(0..5) > 0,
+                    })
+                    .collect()
+            })
+            .collect();
+        let slices: Vec<&[LimitRequest]> = requests.iter().map(Vec::as_slice).collect();
+        let from_script = store.decide_in_one_call(&slices).await.unwrap();
+        assert_eq!(from_script.len(), requests.len());
+
+        clock.advance_us(from_script[0].now_us - clock.now_us());
+        for (request, scripted) in requests.iter().zip(&from_script) {
+            let one_by_one = memory.decide(request).await.unwrap();
+            assert_eq!(*scripted, one_by_one, "round {round}, request {request:?}");
+            let allowed = |i: usize| scripted.keys[i].verdict == Verdict::Allowed;
+            committed += usize::from(scripted.committed);
+            undone += usize::from(!scripted.committed && (0..request.len()).any(allowed));
+            shadow_denied += usize::from(
+                request
+                    .iter()
+                    .enumerate()
+                    .any(|(i, r)| !r.enforced && !allowed(i) && scripted.committed),
+            );
+            repeated += usize::from(
+                (1..request.len()).any(|i| request[..i].iter().any(|r| r.key == request[i].key)),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..15))).await;
+    }
+    // The mix reached every path it is meant to test.
+    assert!(
+        committed > 50 && undone > 20 && repeated > 20 && shadow_denied > 5,
+        "committed {committed}, undone {undone}, repeated key {repeated}, shadow denied {shadow_denied}"
+    );
+}

@@ -22,6 +22,12 @@ use crate::periodic::{OutageMessages, run_every};
 use crate::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
 use crate::telemetry::metrics::RATELIMIT_DECISIONS;
 
+/// Descriptors one `ShouldRateLimit` may carry. Envoy sends a handful; the cap keeps one request
+/// from turning into a script call that holds Redis for long (each descriptor is a counter).
+pub const MAX_DESCRIPTORS: usize = 64;
+/// Entries one descriptor may carry; together they make one counter key.
+pub const MAX_DESCRIPTOR_ENTRIES: usize = 32;
+
 /// What to answer when the store does not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -488,6 +494,22 @@ impl<S: RateLimitStore> Limiter<S> {
         request: &EnvoyRequest,
     ) -> Result<EnvoyDecision, RateLimitError> {
         keys::validate_id("domain", &request.domain, true)?;
+        if request.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(RateLimitError::InvalidArgument {
+                field: "descriptors".to_owned(),
+                reason: format!("at most {MAX_DESCRIPTORS} per request"),
+            });
+        }
+        if let Some(i) = request
+            .descriptors
+            .iter()
+            .position(|d| d.entries.len() > MAX_DESCRIPTOR_ENTRIES)
+        {
+            return Err(RateLimitError::InvalidArgument {
+                field: format!("descriptors[{i}].entries"),
+                reason: format!("at most {MAX_DESCRIPTOR_ENTRIES} per descriptor"),
+            });
+        }
         let default_cost = u64::from(request.hits_addend.max(1));
         // Per descriptor: the limit that applies and, when limited, its index in the batch.
         let mut applied: Vec<Option<(AppliedEnvoyLimit, usize)>> =

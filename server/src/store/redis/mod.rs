@@ -56,6 +56,19 @@ impl RedisStore {
         })
     }
 
+    /// Decides `requests` in order in one script call, each all or nothing, as the single-node
+    /// queue does with the requests it gathers (on a Cluster, all their keys must share one
+    /// slot). The same answers as one call per request: exposed so tests can hold the script to
+    /// the memory store's sequential decisions.
+    pub async fn decide_in_one_call(
+        &self,
+        requests: &[&[LimitRequest]],
+    ) -> Result<Vec<BatchOutcome>, StoreError> {
+        let requests: Vec<Vec<&LimitRequest>> =
+            requests.iter().map(|r| r.iter().collect()).collect();
+        run_decisions(&self.conn, &self.gcra, &requests).await
+    }
+
     /// Runs the decision script on one request whose keys share one slot.
     async fn decide_slot(&self, request: Vec<&LimitRequest>) -> Result<BatchOutcome, StoreError> {
         let mut outcomes = run_decisions(&self.conn, &self.gcra, &[request]).await?;

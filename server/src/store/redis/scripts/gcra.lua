@@ -13,7 +13,7 @@
 --   ARGV[p+4i]    "1" when limit i is enforced; "0" in shadow mode, where a denial vetoes nothing
 -- KEYS        the counters of request 1's limits, then of request 2's, ...: each holds its
 --             theoretical arrival time (TAT), integer µs since the Unix epoch. Absent means
---             idle (the same as a TAT in the past).
+--             idle (the same as a TAT in the past). A key may appear more than once.
 --
 -- Returns { now_us, then per request: committed, then per limit: verdict, remaining,
 --           reset_after_us, retry_after_us }
@@ -22,72 +22,106 @@
 --              (nothing taken; allowed limits then report the state before the request).
 --
 -- TIME is the server's clock, so replica clock skew is irrelevant; since Redis 5 scripts
--- replicate their effects, reading TIME before writing is safe. Within a request all reads come
--- before any write, and Redis runs the script atomically, hence all-or-nothing under any
--- concurrency. Numbers stay below 2^53 (checked by the server when it validates limits), so
--- they are exact.
+-- replicate their effects, reading TIME before writing is safe. Every counter is read once
+-- (MGET) before anything is decided and written once (SET) after everything is: the requests
+-- run against a table in the script, and Redis runs the script atomically, hence
+-- all-or-nothing under any concurrency. Reading and writing once per key rather than once per
+-- request is what makes a batch cheap: redis.call is most of a decision's cost, and a hot key
+-- shared by a whole batch costs two calls. Numbers stay below 2^53 (checked by the server when
+-- it validates limits), so they are exact.
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000000 + tonumber(time[2])
+local floor, max, ceil = math.floor, math.max, math.ceil
+
+-- key -> TAT as of the requests decided so far. MGET in chunks: unpack has a stack limit.
+local tat_of = {}
+local nkeys = #KEYS
+for first = 1, nkeys, 1000 do
+  local last = math.min(first + 999, nkeys)
+  local stored = redis.call('MGET', unpack(KEYS, first, last))
+  for i = first, last do
+    tat_of[KEYS[i]] = tonumber(stored[i - first + 1]) or now
+  end
+end
+
 local out = { now }
+local len = 1 -- #out, tracked rather than recomputed
 local k = 0 -- keys of earlier requests
 local p = 2 -- ARGV index of the current request's n
+-- Reused by every request rather than allocated per request: what a request took (to put back
+-- if it does not commit) and what its allowed limits saw before taking.
+local undo_key, undo_tat = {}, {}
+local before_free, before_reset = {}, {}
+-- Keys some committed request changed, each once, in first-change order.
+local changed, is_changed, nchanged = {}, {}, 0
 
-local function decide(n)
-  local head = #out + 1
-  out[head] = 1
-  local pending = {}
-  local new_tats = {}
-  local untaken = {}
+for _ = 1, tonumber(ARGV[1]) do
+  local n = tonumber(ARGV[p])
+  local head = len + 1
   local committed = 1
+  local undo = 0
   for i = 1, n do
     local key = KEYS[k + i]
-    local t = tonumber(ARGV[p + 4 * i - 3])
-    local burst = tonumber(ARGV[p + 4 * i - 2])
-    local cost = tonumber(ARGV[p + 4 * i - 1])
-    local enforced = ARGV[p + 4 * i] == '1'
+    local a = p + 4 * i
+    local t = tonumber(ARGV[a - 3])
+    local burst = tonumber(ARGV[a - 2])
+    local cost = tonumber(ARGV[a - 1])
     local tau = t * burst
     -- A key named twice in one request sees its own pending update.
-    local tat = pending[key] or tonumber(redis.call('GET', key)) or now
+    local tat = tat_of[key]
     if tat < now then tat = now end
-    local free = math.max(0, math.floor((tau - (tat - now)) / t))
+    local free = max(0, floor((tau - (tat - now)) / t))
     local base = head + 4 * (i - 1)
     if cost > burst then
       out[base + 1], out[base + 2], out[base + 3], out[base + 4] = 2, free, tat - now, 0
-      if enforced then committed = 0 end
+      if ARGV[a] == '1' then committed = 0 end
     else
       local new_tat = tat + t * cost
       local allow_at = new_tat - tau
       if allow_at > now then
         out[base + 1], out[base + 2], out[base + 3], out[base + 4] = 0, free, tat - now, allow_at - now
-        if enforced then committed = 0 end
+        if ARGV[a] == '1' then committed = 0 end
       else
-        pending[key] = new_tat
-        new_tats[i] = new_tat
+        undo = undo + 1
+        undo_key[undo], undo_tat[undo] = key, tat_of[key]
+        tat_of[key] = new_tat
         out[base + 1], out[base + 2], out[base + 3], out[base + 4] =
-          1, math.floor((tau - (new_tat - now)) / t), new_tat - now, 0
-        -- Kept in case the request is not committed: the state before it.
-        untaken[i] = { free, tat - now }
+          1, floor((tau - (new_tat - now)) / t), new_tat - now, 0
+        before_free[i], before_reset[i] = free, tat - now
       end
     end
   end
   out[head] = committed
-  for i = 1, n do
-    local new_tat = new_tats[i]
-    if new_tat then
-      if committed == 1 then
-        redis.call('SET', KEYS[k + i], new_tat, 'PX', math.max(1, math.ceil((new_tat - now) / 1000)))
-      else
-        local before = untaken[i]
-        out[head + 4 * (i - 1) + 2], out[head + 4 * (i - 1) + 3] = before[1], before[2]
+  if committed == 1 then
+    for j = 1, undo do
+      local key = undo_key[j]
+      if not is_changed[key] then
+        is_changed[key] = true
+        nchanged = nchanged + 1
+        changed[nchanged] = key
+      end
+    end
+  else
+    -- Put back in reverse, so a key taken twice ends at its value before the request.
+    for j = undo, 1, -1 do
+      tat_of[undo_key[j]] = undo_tat[j]
+    end
+    for i = 1, n do
+      local base = head + 4 * (i - 1)
+      if out[base + 1] == 1 then
+        out[base + 2], out[base + 3] = before_free[i], before_reset[i]
       end
     end
   end
-end
-
-for _ = 1, tonumber(ARGV[1]) do
-  local n = tonumber(ARGV[p])
-  decide(n)
+  len = head + 4 * n
   k = k + n
   p = p + 1 + 4 * n
+end
+
+-- Each changed counter once, with its final TAT; it expires when it would be idle anyway.
+for j = 1, nchanged do
+  local key = changed[j]
+  local tat = tat_of[key]
+  redis.call('SET', key, tat, 'PX', max(1, ceil((tat - now) / 1000)))
 end
 return out
