@@ -154,6 +154,35 @@ impl PortcullisClient {
         pb::admin_service_client::AdminServiceClient::new(self.channel.clone())
     }
 
+    /// The generated `portcullis.v1.AuthService` client.
+    pub fn auth(&self) -> pb::auth_service_client::AuthServiceClient<Channel> {
+        pb::auth_service_client::AuthServiceClient::new(self.channel.clone())
+    }
+
+    /// Creates a user (admin). With `must_change_password` the first login only yields a
+    /// password-change session; without it, the first login signs in.
+    pub async fn create_user(
+        &self,
+        tenant: &str,
+        username: &str,
+        initial_password: &str,
+        roles: &[&str],
+        must_change_password: bool,
+    ) -> Result<pb::User, ClientError> {
+        let request = pb::CreateUserRequest {
+            tenant_id: tenant.to_owned(),
+            username: username.to_owned(),
+            initial_password: initial_password.to_owned(),
+            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            must_change_password: Some(must_change_password),
+        };
+        let mut client = self.admin();
+        self.call(self.admin_request(request), |r| async move {
+            client.create_user(r).await
+        })
+        .await
+    }
+
     /// Takes `cost` units from (tenant, resource, key); see `CheckRequest` for the defaults.
     pub async fn check(
         &self,

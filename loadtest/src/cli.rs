@@ -135,8 +135,9 @@ pub struct Cli {
     #[arg(long, value_name = "RATE/PERIOD[:BURST]", value_parser = parse_limit)]
     pub verify_limit: Option<LimitSpec>,
 
-    /// Correctness mode with check: file holding the admin token used to set the limit
-    /// (never printed)
+    /// File holding the admin token (never printed): with --verify-limit and check it sets the
+    /// limit; with login it creates the login user first (no password change required; an
+    /// existing user is kept as it is)
     #[arg(long, value_name = "FILE")]
     pub admin_token_file: Option<PathBuf>,
 }
@@ -286,10 +287,12 @@ impl Cli {
                     .into(),
             );
         }
-        if self.admin_token_file.is_some() && !sets_limits {
+        if self.admin_token_file.is_some() && !sets_limits && !has(ScenarioKind::Login) {
             return fail(
                 ErrorKind::ArgumentConflict,
-                "--admin-token-file is only used to set --verify-limit for check".into(),
+                "--admin-token-file is only used to set --verify-limit for check or to create \
+                 the login user"
+                    .into(),
             );
         }
         Ok(())
@@ -543,6 +546,12 @@ mod tests {
         );
         parse(&format!(
             "{T} --rate 1 --verify-limit 100/1m:5 --admin-token-file f"
+        ))
+        .unwrap();
+        // login: the token creates the user.
+        parse(&format!(
+            "{T} --rate 1 --scenario login --tenant t --username u --password-file p \
+             --admin-token-file f"
         ))
         .unwrap();
     }

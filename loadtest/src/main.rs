@@ -1,5 +1,6 @@
 //! `portcullis-load`: load and correctness tests for Portcullis and any Envoy rate limit service.
 
+mod admin;
 mod cli;
 mod connect;
 mod correctness;

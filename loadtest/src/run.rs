@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::admin::{create_login_user, install_limits, remove_limits};
 use crate::cli::Cli;
 use crate::connect::connect;
-use crate::correctness::{install_limits, remove_limits};
 use crate::driver::{self, Counters, Plan, Setup, Stop};
 use crate::keyspace::{KeySpace, Shape};
 use crate::progress::Progress;
@@ -100,6 +100,20 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
         _ => None,
     };
 
+    let login = match (&cli.tenant, &cli.username, password) {
+        (Some(tenant), Some(username), Some(password)) => Some(LoginSettings {
+            tenant: tenant.clone(),
+            username: username.clone(),
+            password,
+        }),
+        _ => None,
+    };
+    if let (Some(login), Some(token)) = (&login, &admin_token) {
+        create_login_user(&connections.per_target, token, login, cli.timeout)
+            .await
+            .map_err(|e| Failure::Run(format!("cannot create the login user: {e}")))?;
+    }
+
     let workload = Arc::new(Workload {
         mix: mix.clone(),
         keyspace,
@@ -111,14 +125,7 @@ pub async fn run(cli: Cli) -> Result<u8, Failure> {
             descriptors: cli.descriptor_templates(),
         }),
         tokens,
-        login: match (&cli.tenant, &cli.username, password) {
-            (Some(tenant), Some(username), Some(password)) => Some(LoginSettings {
-                tenant: tenant.clone(),
-                username: username.clone(),
-                password,
-            }),
-            _ => None,
-        },
+        login,
         expected_policy: cli.verify_limit.filter(|_| has(ScenarioKind::Check)),
     });
 
