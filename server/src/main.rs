@@ -11,8 +11,33 @@ use portcullis_server::telemetry::traces::Traces;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    match runtime() {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("portcullis: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tokio's multi-threaded runtime without its LIFO slot (the build sets `tokio_unstable` in
+/// `.cargo/config.toml` for this). With the slot, each stream task that finishes a response
+/// wakes its connection's task into the slot, so the connection runs next and writes that one
+/// response: one `writev` per response. Without it, the connection runs after the round's
+/// stream tasks and writes their responses together. Measured with h2load (8 connections ×
+/// 16 streams) on two cores: memory-store `Check` 122,000 → 208,000 calls/s and server CPU
+/// 12 → 7.7 µs per call; Redis `Check` 94,000 → 121,000 calls/s. Test builds refuse to compile
+/// without the flag.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
+}
+
+async fn serve() -> ExitCode {
     // A `.env` in the working directory fills in variables the environment lacks; it is
     // refused unless only its owner can read it.
     let env = match DotEnv::load(std::path::Path::new(".env")) {
@@ -142,3 +167,8 @@ async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+// A build without `.cargo/config.toml`'s flag serves at about half the rate (see `runtime`):
+// its test build fails rather than letting it ship unnoticed.
+#[cfg(all(test, not(tokio_unstable)))]
+compile_error!("built without --cfg tokio_unstable (is RUSTFLAGS overriding .cargo/config.toml?)");
