@@ -29,7 +29,8 @@ redis-server --port 6390 --bind 127.0.0.1 --save '' --appendonly no --daemonize 
 $B --listen 127.0.0.1:50061 --metrics-listen off --default-limit 1000000/1s --envoy-config bench.yaml > mem.log 2>&1 &
 $B --listen 127.0.0.1:50062 --metrics-listen off --default-limit 1000000/1s --envoy-config bench.yaml --redis-url redis://127.0.0.1:6390 > redis.log 2>&1 &
 sleep 1
-run() { h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 -d $2 -H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:$1$3 2>&1 | grep -E "finished in|time for request" | tr -s ' ' | tr '\n' ' '; echo; }
+# Prints h2load's rate and mean/sd/max, then percentiles from its per-request log.
+run() { h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 --log-file=requests.log -d $2 -H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:$1$3 2>&1 | grep -E "finished in|time for request" | tr -s ' ' | tr '\n' ' '; python3 "$root/bench/latency.py" requests.log; }
 echo -n "memory check: "; run 50061 check.bin /portcullis.v1.RateLimitService/Check
 echo -n "memory rls:   "; run 50061 rls.bin /envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
 echo -n "memory verify: "; run 50061 verify.bin /portcullis.v1.AuthService/VerifyToken

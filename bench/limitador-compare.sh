@@ -110,14 +110,16 @@ stop() {
   [ -n "$server" ] && kill "$server" 2>/dev/null && wait "$server" 2>/dev/null
   server=
 }
-run() { # one h2load line: calls/s, then time for request: mean, sd, max
-  h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 -d rls.bin -H 'content-type: application/grpc' \
+run() { # one h2load line: calls/s, time for request (mean, sd, max), percentiles from its log
+  h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 --log-file=requests.log -d rls.bin \
+    -H 'content-type: application/grpc' \
     -H 'te: trailers' http://127.0.0.1:$PORT/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit \
     2>&1 | awk '/^finished in/ { rps = $4 }
                 /^requests:/ { ok = $8; failed = $10 }
                 /^time for request:/ { min = $4; max = $5; mean = $6; sd = $7 }
-                END { printf "%10s req/s  mean %7s  sd %7s  max %7s  (%s ok, %s failed)\n",
+                END { printf "%10s req/s  mean %7s  sd %7s  max %7s  (%s ok, %s failed)  ",
                              rps, mean, sd, max, ok, failed }'
+  python3 "$root/bench/latency.py" requests.log
 }
 exact() { # one exactness run against the running server
   "$L" --target http://127.0.0.1:$PORT --scenario envoy-rls --domain bench --tenants 1 --keys 1 \
