@@ -8,6 +8,7 @@ pub mod config;
 pub mod grpc;
 pub mod periodic;
 pub mod ratelimit;
+pub mod secret_files;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -38,17 +38,20 @@ pub(super) fn secret(
     }
 }
 
-/// Reads a file of secret material, refusing anything larger than a secret can be.
+/// Reads a file of secret material as text, refusing anything larger than a secret can be.
 pub(super) fn read_small(path: &Path) -> std::io::Result<Zeroizing<String>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path)?;
-    let mut text = Zeroizing::new(String::new());
-    file.take(MAX_SECRET_FILE_LEN + 1)
-        .read_to_string(&mut text)?;
-    if text.len() as u64 > MAX_SECRET_FILE_LEN {
-        return Err(std::io::Error::other("file too large for secret material"));
+    let mut bytes = crate::secret_files::read_capped(path, MAX_SECRET_FILE_LEN)?;
+    // Moved, not copied, into the string; on failure the bytes are wiped with `bytes`.
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(e) => {
+            *bytes = e.into_bytes();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8 text",
+            ))
+        }
     }
-    Ok(text)
 }
 
 /// Variables from a `.env` file, consulted after the process environment (which wins).

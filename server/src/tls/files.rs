@@ -1,10 +1,7 @@
-//! Reading the PEM files: size-capped, regular files only, into buffers wiped on drop; and the
-//! stamps (modification time, length, SHA-256) that tell a poller a file changed.
+//! Reading the PEM files (through `secret_files`: size-capped, wiped, stamped) and turning them
+//! into rustls keys, chains and client verifiers.
 
-use std::fs::File;
-use std::io::{self, Read};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
@@ -18,6 +15,8 @@ use zeroize::Zeroizing;
 
 use super::TlsError;
 use crate::config::TlsFile;
+use crate::secret_files;
+pub(super) use crate::secret_files::Stamp;
 
 /// Certificates and CA bundles (a full public-CA bundle is about 250 KiB).
 const MAX_CERT_FILE_LEN: u64 = 4 * 1024 * 1024;
@@ -42,47 +41,6 @@ impl Kind {
     }
 }
 
-/// Reads a small regular file whole, into a buffer that is wiped on drop.
-fn read_capped(file: &TlsFile, kind: Kind) -> io::Result<Zeroizing<Vec<u8>>> {
-    let max = kind.max_len();
-    let handle = File::open(&file.path)?;
-    let meta = handle.metadata()?;
-    // A FIFO or a device could block or never end.
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    let too_large = || {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("larger than {max} bytes"),
-        )
-    };
-    if meta.len() > max {
-        return Err(too_large());
-    }
-    // Room for the whole file up front, so the buffer is not reallocated (leaving copies).
-    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    handle.take(max + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > max {
-        return Err(too_large());
-    }
-    Ok(buf)
-}
-
-/// What a file looked like when read: a reload happens when any of this changes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Stamp {
-    Read {
-        modified: Option<SystemTime>,
-        len: u64,
-        sha256: [u8; 32],
-    },
-    Failed(io::ErrorKind),
-}
-
 /// One read of a file: its stamp and its bytes (or why they could not be read).
 #[derive(Debug)]
 pub(super) struct Snapshot {
@@ -92,25 +50,14 @@ pub(super) struct Snapshot {
 
 /// Reads `file` once, stamping what was read.
 pub(super) fn snapshot(file: &TlsFile, kind: Kind) -> Snapshot {
-    match read_capped(file, kind) {
-        Ok(bytes) => Snapshot {
-            stamp: Stamp::Read {
-                modified: std::fs::metadata(&file.path)
-                    .and_then(|m| m.modified())
-                    .ok(),
-                len: bytes.len() as u64,
-                sha256: Sha256::digest(bytes.as_slice()).into(),
-            },
-            bytes: Ok(bytes),
-        },
-        Err(source) => Snapshot {
-            stamp: Stamp::Failed(source.kind()),
-            bytes: Err(TlsError::Read {
-                origin: file.origin.clone(),
-                path: file.path.clone(),
-                source,
-            }),
-        },
+    let read = secret_files::read_capped(&file.path, kind.max_len());
+    Snapshot {
+        stamp: Stamp::of(&file.path, &read),
+        bytes: read.map_err(|source| TlsError::Read {
+            origin: file.origin.clone(),
+            path: file.path.clone(),
+            source,
+        }),
     }
 }
 

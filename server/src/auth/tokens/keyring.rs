@@ -1,11 +1,10 @@
 //! Signing and verifying keys: loaded from the environment or a key-set file, reloaded on change.
 
 use std::fmt;
-use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
@@ -13,6 +12,8 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
+
+use crate::secret_files;
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for at least the hash size (256 bits).
 pub const MIN_HS256_SECRET_LEN: usize = 32;
@@ -482,67 +483,24 @@ fn trim_one_newline(bytes: &mut Zeroizing<Vec<u8>>) {
     }
 }
 
-/// Reads a small regular file into a buffer that is wiped on drop.
-fn read_key_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
-    let file = File::open(path)?;
-    let meta = file.metadata()?;
-    // A FIFO or device could block or never end.
-    if !meta.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a regular file",
-        ));
-    }
-    if meta.len() > MAX_KEY_FILE_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "larger than 64 KiB",
-        ));
-    }
-    // Room for the whole file up front, so the buffer is not reallocated (leaving copies).
-    let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
-    file.take(MAX_KEY_FILE_LEN + 1).read_to_end(&mut buf)?;
-    if buf.len() as u64 > MAX_KEY_FILE_LEN {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "larger than 64 KiB",
-        ));
-    }
-    Ok(buf)
-}
-
-/// What a file looked like when read: a reload happens when any of this changes.
+/// A file as it was when read (see [`secret_files::Stamp`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Stamp {
     path: PathBuf,
-    seen: Seen,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Seen {
-    Read {
-        modified: Option<SystemTime>,
-        len: u64,
-        sha256: [u8; 32],
-    },
-    Failed(io::ErrorKind),
+    seen: secret_files::Stamp,
 }
 
 fn stamp_of(path: &Path) -> (Stamp, io::Result<Zeroizing<Vec<u8>>>) {
     let read = read_key_file(path);
-    let seen = match &read {
-        Ok(bytes) => Seen::Read {
-            modified: std::fs::metadata(path).and_then(|m| m.modified()).ok(),
-            len: bytes.len() as u64,
-            sha256: Sha256::digest(bytes.as_slice()).into(),
-        },
-        Err(e) => Seen::Failed(e.kind()),
-    };
     let stamp = Stamp {
         path: path.to_owned(),
-        seen,
+        seen: secret_files::Stamp::of(path, &read),
     };
     (stamp, read)
+}
+
+fn read_key_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+    secret_files::read_capped(path, MAX_KEY_FILE_LEN)
 }
 
 /// Reads files and remembers a stamp of each, including those that failed, so that a reload
