@@ -10,27 +10,21 @@ B=${1:-$root/target/release/portcullis}
 work=$(mktemp -d)
 cd "$work"
 export JWT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-TOKEN=$(python3 "$root/bench/mint_token.py" "$JWT_SECRET_KEY") python3 - <<'PY'
-import os, struct
-def varint(n):
-    out = b''
-    while n >= 0x80: out += bytes([n & 0x7f | 0x80]); n >>= 7
-    return out + bytes([n])
-def s(field, b): return bytes([field << 3 | 2]) + varint(len(b)) + b
-def frame(b): return b'\x00' + struct.pack('>I', len(b)) + b
-open('check.bin', 'wb').write(frame(s(1, b'bench') + s(3, b'user-1')))
-desc = s(1, s(1, b'client') + s(2, b'c1'))
-open('rls.bin', 'wb').write(frame(s(1, b'bench') + s(2, desc) + bytes([3 << 3, 1])))
-open('verify.bin', 'wb').write(frame(s(1, os.environ['TOKEN'].encode())))
-open('bench.yaml', 'w').write("domain: bench\ndescriptors:\n  - key: client\n    rate_limit: { unit: second, requests_per_unit: 1000000 }\n")
-PY
+TOKEN=$(python3 "$root/bench/mint_token.py" "$JWT_SECRET_KEY") python3 "$root/bench/bodies.py"
+cat > bench.yaml <<'YAML'
+domain: bench
+descriptors:
+  - key: client
+    rate_limit: { unit: second, requests_per_unit: 1000000 }
+YAML
 redis-server --port 6390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null; sleep 0.3
 # JWT_SECRET_KEY (above) signs and verifies; two servers cannot share the admin port.
 $B --listen 127.0.0.1:50061 --metrics-listen off --default-limit 1000000/1s --envoy-config bench.yaml > mem.log 2>&1 &
 $B --listen 127.0.0.1:50062 --metrics-listen off --default-limit 1000000/1s --envoy-config bench.yaml --redis-url redis://127.0.0.1:6390 > redis.log 2>&1 &
 sleep 1
-# Prints h2load's rate and mean/sd/max, then percentiles from its per-request log.
-run() { h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 --log-file=requests.log -d $2 -H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:$1$3 2>&1 | grep -E "finished in|time for request" | tr -s ' ' | tr '\n' ' '; python3 "$root/bench/latency.py" requests.log; }
+# Prints h2load's rate and mean/sd/max, then percentiles from its per-request log (which h2load
+# appends to, hence the rm).
+run() { rm -f requests.log; h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 --log-file=requests.log -d $2 -H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:$1$3 2>&1 | grep -E "finished in|time for request" | tr -s ' ' | tr '\n' ' '; python3 "$root/bench/latency.py" requests.log; }
 echo -n "memory check: "; run 50061 check.bin /portcullis.v1.RateLimitService/Check
 echo -n "memory rls:   "; run 50061 rls.bin /envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit
 echo -n "memory verify: "; run 50061 verify.bin /portcullis.v1.AuthService/VerifyToken

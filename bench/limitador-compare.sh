@@ -29,17 +29,7 @@ cd "$work"
 export JWT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
 # The request body of h2load-matrix.sh: domain "bench", one descriptor client=c1, hits_addend 1.
-python3 - <<'PY'
-import struct
-def varint(n):
-    out = b''
-    while n >= 0x80: out += bytes([n & 0x7f | 0x80]); n >>= 7
-    return out + bytes([n])
-def s(field, b): return bytes([field << 3 | 2]) + varint(len(b)) + b
-def frame(b): return b'\x00' + struct.pack('>I', len(b)) + b
-desc = s(1, s(1, b'client') + s(2, b'c1'))
-open('rls.bin', 'wb').write(frame(s(1, b'bench') + s(2, desc) + bytes([3 << 3, 1])))
-PY
+python3 "$root/bench/bodies.py"
 # Throughput: 1,000,000 per second per client value, in both servers' formats.
 cat > bench.yaml <<'YAML'
 domain: bench
@@ -111,6 +101,7 @@ stop() {
   server=
 }
 run() { # one h2load line: calls/s, time for request (mean, sd, max), percentiles from its log
+  rm -f requests.log # h2load appends to it
   h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 --log-file=requests.log -d rls.bin \
     -H 'content-type: application/grpc' \
     -H 'te: trailers' http://127.0.0.1:$PORT/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit \
