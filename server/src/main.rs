@@ -168,7 +168,7 @@ async fn shutdown_signal() {
     }
 }
 
-// A build without `.cargo/config.toml`'s flag serves at about half the rate (see `runtime`):
+// A build without `.cargo/config.toml`'s flag serves at about 60% of the rate (see `runtime`):
 // its test build fails rather than letting it ship unnoticed.
 #[cfg(all(test, not(tokio_unstable)))]
 compile_error!("built without --cfg tokio_unstable (is RUSTFLAGS overriding .cargo/config.toml?)");
