@@ -64,6 +64,13 @@ impl PendingAudit {
         self.event.user_id = Some(user_id.to_owned());
     }
 
+    /// Closes an event that has no call result of its own (a lock taking effect, an admin
+    /// call made elsewhere) with `outcome`.
+    pub fn finish_as(mut self, outcome: &'static str) -> AuditEvent {
+        self.outcome = Some(outcome);
+        self.finish::<()>(&Ok(()))
+    }
+
     /// Closes the event with the outcome `result` implies (unless one was set).
     pub fn finish<T>(mut self, result: &Result<T, AuthError>) -> AuditEvent {
         let outcome = self.outcome.unwrap_or_else(|| match result {

@@ -596,7 +596,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             let mut lock = PendingAudit::new(&audit.context(), tenant, "account.lock");
             lock.event.user_id = audit.event.user_id.clone();
             lock.event.username_hash = subject.to_owned();
-            self.record(lock.finish::<()>(&Ok(()))).await;
+            self.record(lock.finish_as("success")).await;
         }
         if verified.matches {
             Ok(verified)

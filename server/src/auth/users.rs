@@ -50,9 +50,8 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         action: &'static str,
         outcome: &'static str,
     ) {
-        let mut pending = super::audit::PendingAudit::new(ctx, tenant, action);
-        pending.outcome = Some(outcome);
-        self.record(pending.finish::<()>(&Ok(()))).await;
+        let pending = super::audit::PendingAudit::new(ctx, tenant, action);
+        self.record(pending.finish_as(outcome)).await;
     }
 
     /// Creates a user (admin); audited as `admin.create_user`.
