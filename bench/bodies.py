@@ -3,6 +3,7 @@
 check.bin   portcullis.v1.CheckRequest {tenant_id: "bench", key: "user-1"}
 rls.bin     envoy RateLimitRequest {domain: "bench", descriptors: [{client: c1}], hits_addend: 1}
 verify.bin  portcullis.v1.VerifyTokenRequest with the token in $TOKEN (only when it is set)
+bench.yaml  the Envoy limits rls.bin meets on Portcullis: 1,000,000/s per client value
 Each is one gRPC message frame: a zero byte, the length (4 bytes, big-endian), the protobuf.
 """
 import os
@@ -31,3 +32,6 @@ descriptor = field(1, field(1, b'client') + field(2, b'c1'))
 open('rls.bin', 'wb').write(frame(field(1, b'bench') + field(2, descriptor) + bytes([3 << 3, 1])))
 if os.environ.get('TOKEN'):
     open('verify.bin', 'wb').write(frame(field(1, os.environ['TOKEN'].encode())))
+open('bench.yaml', 'w').write(
+    "domain: bench\ndescriptors:\n  - key: client\n"
+    "    rate_limit: { unit: second, requests_per_unit: 1000000 }\n")

@@ -10,18 +10,17 @@ B=${1:-$root/target/release/portcullis}
 work=$(mktemp -d)
 cd "$work"
 export JWT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
+# Request bodies and bench.yaml, the Envoy limits they meet.
 TOKEN=$(python3 "$root/bench/mint_token.py" "$JWT_SECRET_KEY") python3 "$root/bench/bodies.py"
-cat > bench.yaml <<'YAML'
-domain: bench
-descriptors:
-  - key: client
-    rate_limit: { unit: second, requests_per_unit: 1000000 }
-YAML
-redis-server --port 6390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null; sleep 0.3
+redis-server --port 6390 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null
+until redis-cli -p 6390 ping >/dev/null 2>&1; do sleep 0.1; done
 # JWT_SECRET_KEY (above) signs and verifies; two servers cannot share the admin port.
 $B --listen 127.0.0.1:50061 --metrics-listen off --default-limit 1000000/1s --envoy-config bench.yaml > mem.log 2>&1 &
 $B --listen 127.0.0.1:50062 --metrics-listen off --default-limit 1000000/1s --envoy-config bench.yaml --redis-url redis://127.0.0.1:6390 > redis.log 2>&1 &
-sleep 1
+# Each server must be listening before its rows; one that is not shows its log instead.
+up() { for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 is not listening:"; tail -3 "$2"; }
+up 50061 mem.log
+up 50062 redis.log
 # Prints h2load's rate and mean/sd/max, then percentiles from its per-request log (which h2load
 # appends to, hence the rm).
 run() { rm -f requests.log; h2load -D 8 -c 8 -m 16 -t 1 --warm-up-time=1 --log-file=requests.log -d $2 -H 'content-type: application/grpc' -H 'te: trailers' http://127.0.0.1:$1$3 2>&1 | grep -E "finished in|time for request" | tr -s ' ' | tr '\n' ' '; python3 "$root/bench/latency.py" requests.log; }

@@ -28,15 +28,10 @@ work=$(mktemp -d)
 cd "$work"
 export JWT_SECRET_KEY=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 
-# The request body of h2load-matrix.sh: domain "bench", one descriptor client=c1, hits_addend 1.
+# The request body of h2load-matrix.sh (domain "bench", one descriptor client=c1, hits_addend
+# 1) and bench.yaml, Portcullis's limit for it: 1,000,000 per second per client value.
 python3 "$root/bench/bodies.py"
-# Throughput: 1,000,000 per second per client value, in both servers' formats.
-cat > bench.yaml <<'YAML'
-domain: bench
-descriptors:
-  - key: client
-    rate_limit: { unit: second, requests_per_unit: 1000000 }
-YAML
+# The same limit in limitador's format.
 cat > limits.yaml <<'YAML'
 - namespace: bench
   max_value: 1000000
@@ -66,7 +61,7 @@ YAML
 
 redis-server --port $REDIS_PORT --bind 127.0.0.1 --save '' --appendonly no --daemonize yes \
   --dir "$work" >/dev/null
-sleep 0.3
+until redis-cli -p $REDIS_PORT ping >/dev/null 2>&1; do sleep 0.1; done
 REDIS=redis://127.0.0.1:$REDIS_PORT
 
 server=

@@ -27,7 +27,7 @@ descriptors:
         rate_limit: { unit: second, requests_per_unit: 1000000 }
 YAML
 redis-server --port 6391 --bind 127.0.0.1 --save '' --appendonly no --daemonize yes --dir "$work" >/dev/null
-sleep 0.3
+until redis-cli -p 6391 ping >/dev/null 2>&1; do sleep 0.1; done
 
 start() { # port, store args...
   local port=$1; shift
