@@ -11,7 +11,7 @@ use crate::correctness::{LimitSpec, policy_matches};
 use crate::scenario::LoginSettings;
 use crate::secret::Secret;
 
-/// A failed admin call while setting or checking the test limits.
+/// A failed admin call: setting or reading back the test limits, or creating the login user.
 #[derive(Debug, thiserror::Error)]
 #[error("{call} for tenant {tenant} on {target}: {source}")]
 pub struct AdminError {
