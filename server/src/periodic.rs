@@ -49,6 +49,40 @@ pub async fn run_every<E, Fut>(
     }
 }
 
+/// Shortest period [`poll_blocking`] accepts: `tokio::time::interval` panics on zero, and a
+/// tiny setting would spin on the files.
+const MIN_POLL: Duration = Duration::from_millis(10);
+
+/// Runs `check` on the blocking pool (file reads and hashing stay off the async workers) every
+/// `every`, at least 10 ms, until `stop` resolves; the first run is one period away, the files
+/// having just been read. Each outcome goes to `report`, a panicked check as the `Err`.
+pub async fn poll_blocking<T, C, R>(
+    every: Duration,
+    stop: impl Future<Output = ()>,
+    check: C,
+    report: R,
+) where
+    T: Send + 'static,
+    C: Fn() -> T + Clone + Send + 'static,
+    R: Fn(Result<T, tokio::task::JoinError>) + Clone,
+{
+    let every = every.max(MIN_POLL);
+    // `report` logs every outcome itself: there is no outage for `run_every` to track.
+    let messages = OutageMessages {
+        failing: "",
+        recovered: "",
+    };
+    run_every(every, every, stop, messages, || {
+        let outcome = tokio::task::spawn_blocking(check.clone());
+        let report = report.clone();
+        async move {
+            report(outcome.await);
+            Ok::<(), std::convert::Infallible>(())
+        }
+    })
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,8 +19,6 @@ use super::files::{self, Kind, Snapshot, Stamp};
 use crate::config::{ServerTls, TlsFile};
 use crate::telemetry::metrics::TLS_RELOADS;
 
-/// Floor for the poll period: `tokio::time::interval` panics on zero.
-const MIN_POLL: Duration = Duration::from_millis(10);
 /// ALPN: gRPC is HTTP/2 only.
 const ALPN_H2: &[u8] = b"h2";
 
@@ -291,23 +289,14 @@ impl ReloadingTls {
     /// Polls every `every` (at least 10 ms) until `stop` resolves, logging reloads and
     /// failures (each broken state once).
     pub async fn watch(self: Arc<Self>, every: Duration, stop: impl Future<Output = ()>) {
-        tokio::pin!(stop);
-        let mut ticks = tokio::time::interval(every.max(MIN_POLL));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the files were just loaded.
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                _ = ticks.tick() => {}
-            }
-            // File reads and hashing stay off the async workers.
-            let this = Arc::clone(&self);
-            let report = match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
+        let this = Arc::clone(&self);
+        let check = move || this.reload_if_changed();
+        let report = move |outcome: Result<PollReport, _>| {
+            let report = match outcome {
                 Ok(report) => report,
                 Err(error) => {
                     tracing::error!(%error, "TLS certificate reload task failed");
-                    continue;
+                    return;
                 }
             };
             if let Some(sha256) = report.cert_reloaded {
@@ -329,7 +318,8 @@ impl ReloadingTls {
                     "TLS files changed but do not load; the previous certificate and CA stay in force"
                 );
             }
-        }
+        };
+        crate::periodic::poll_blocking(every, stop, check, report).await;
     }
 }
 

@@ -31,8 +31,6 @@ const MAX_KID_LEN: usize = 128;
 /// Hashed in front of an environment secret to derive its kid, so that the published kid is not
 /// a bare SHA-256 of the secret that could be matched against other systems' fingerprints.
 const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
-/// Floor for the reload poll period: `tokio::time::interval` panics on zero.
-const MIN_POLL: Duration = Duration::from_millis(10);
 const FIELDS: &str =
     "kid, algorithm, state, secret, secret_file, private_key_file, public_key_file";
 
@@ -844,31 +842,21 @@ impl ReloadingKeyRing {
         if self.path.is_none() {
             return;
         }
-        tokio::pin!(stop);
-        let mut ticks = tokio::time::interval(every.max(MIN_POLL));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // The first tick is immediate; the file was just loaded.
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = &mut stop => return,
-                _ = ticks.tick() => {}
-            }
-            // File reads and hashing stay off the async workers.
-            let this = Arc::clone(&self);
-            match tokio::task::spawn_blocking(move || this.reload_if_changed()).await {
-                Ok(Ok(true)) => tracing::info!(
-                    path = ?self.path,
-                    active_kid = %self.current().active().kid(),
-                    "JWT key set reloaded"
-                ),
-                Ok(Ok(false)) => {}
-                Ok(Err(error)) => tracing::warn!(
-                    %error,
-                    "JWT key set not reloaded; the previous keys stay in force"
-                ),
-                Err(error) => tracing::error!(%error, "JWT key set reload task failed"),
-            }
-        }
+        let this = Arc::clone(&self);
+        let check = move || this.reload_if_changed();
+        let report = move |outcome: Result<Result<bool, KeyRingError>, _>| match outcome {
+            Ok(Ok(true)) => tracing::info!(
+                path = ?self.path,
+                active_kid = %self.current().active().kid(),
+                "JWT key set reloaded"
+            ),
+            Ok(Ok(false)) => {}
+            Ok(Err(error)) => tracing::warn!(
+                %error,
+                "JWT key set not reloaded; the previous keys stay in force"
+            ),
+            Err(error) => tracing::error!(%error, "JWT key set reload task failed"),
+        };
+        crate::periodic::poll_blocking(every, stop, check, report).await;
     }
 }
