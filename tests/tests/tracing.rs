@@ -198,6 +198,27 @@ impl CallerSpan {
     }
 }
 
+/// A `Check` taking one unit from a tenant no other test uses.
+fn fresh_check(prefix: &str) -> pb::CheckRequest {
+    pb::CheckRequest {
+        tenant_id: unique(prefix),
+        resource: String::new(),
+        key: String::new(),
+        cost: 1,
+    }
+}
+
+/// Sends `request` over a connection of its own to `endpoint`, closed again on return.
+async fn check(endpoint: String, request: Request<pb::CheckRequest>) -> pb::CheckResponse {
+    pb::rate_limit_service_client::RateLimitServiceClient::connect(endpoint)
+        .await
+        .unwrap()
+        .check(request)
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The server span of `rpc` ("package.Service/Method") in `trace`, checked to be a child of
 /// the caller's span with the RPC attributes and status OK.
 fn rpc_span<'a>(trace: &'a [Received], caller: &CallerSpan, rpc: &str) -> &'a Span {
@@ -272,20 +293,11 @@ async fn rpc_and_store_spans_join_the_callers_trace() {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
         span_id: "00f067aa0ba902b7",
     };
-    let mut limits =
-        pb::rate_limit_service_client::RateLimitServiceClient::connect(server.endpoint())
-            .await
-            .unwrap();
-    let answer = limits
-        .check(check_caller.request(pb::CheckRequest {
-            tenant_id: unique("traced"),
-            resource: String::new(),
-            key: String::new(),
-            cost: 1,
-        }))
-        .await
-        .unwrap()
-        .into_inner();
+    let answer = check(
+        server.endpoint(),
+        check_caller.request(fresh_check("traced")),
+    )
+    .await;
     assert!(answer.allowed);
     let check_rpc = "portcullis.v1.RateLimitService/Check";
     let trace = collector
@@ -357,20 +369,11 @@ async fn an_invalid_traceparent_starts_a_new_trace() {
             ("OTEL_SERVICE_NAME", "portcullis-under-test"),
         ],
     );
-    let mut limits =
-        pb::rate_limit_service_client::RateLimitServiceClient::connect(server.endpoint())
-            .await
-            .unwrap();
-    let mut request = Request::new(pb::CheckRequest {
-        tenant_id: unique("untraced"),
-        resource: String::new(),
-        key: String::new(),
-        cost: 1,
-    });
+    let mut request = Request::new(fresh_check("untraced"));
     request
         .metadata_mut()
         .insert("traceparent", "00-not-a-trace-01".parse().unwrap());
-    limits.check(request).await.unwrap();
+    check(server.endpoint(), request).await;
 
     let deadline = Instant::now() + ARRIVAL_TIMEOUT;
     let rpc = loop {
@@ -407,20 +410,7 @@ async fn buffered_spans_are_flushed_at_exit() {
         trace_id: "7d1c2a4f0e9b83a65c4d2e1f0a9b8c7d",
         span_id: "1a2b3c4d5e6f7081",
     };
-    let mut limits =
-        pb::rate_limit_service_client::RateLimitServiceClient::connect(server.endpoint())
-            .await
-            .unwrap();
-    limits
-        .check(caller.request(pb::CheckRequest {
-            tenant_id: unique("flushed"),
-            resource: String::new(),
-            key: String::new(),
-            cost: 1,
-        }))
-        .await
-        .unwrap();
-    drop(limits);
+    check(server.endpoint(), caller.request(fresh_check("flushed"))).await;
     server.child().signal_term();
     let status = server.child().wait_timeout(Duration::from_secs(30));
     assert!(
@@ -449,19 +439,7 @@ async fn log_lines(format: &str) -> Vec<String> {
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
         ],
     );
-    let mut limits =
-        pb::rate_limit_service_client::RateLimitServiceClient::connect(server.endpoint())
-            .await
-            .unwrap();
-    limits
-        .check(pb::CheckRequest {
-            tenant_id: unique("logged"),
-            resource: String::new(),
-            key: String::new(),
-            cost: 1,
-        })
-        .await
-        .unwrap();
+    check(server.endpoint(), Request::new(fresh_check("logged"))).await;
     // An unknown user's failed login is an audit event.
     let api = AuthApi::connect(&server.endpoint()).await;
     let failed = api.login("nobody", PASSWORD).await;
@@ -570,19 +548,7 @@ async fn spans_reach_a_collector_over_mutual_tls() {
         trace_id: "5b8efff798038103d269b633813fc60c",
         span_id: "eee19b7ec3c1b174",
     };
-    let mut limits =
-        pb::rate_limit_service_client::RateLimitServiceClient::connect(server.endpoint())
-            .await
-            .unwrap();
-    limits
-        .check(caller.request(pb::CheckRequest {
-            tenant_id: unique("tls"),
-            resource: String::new(),
-            key: String::new(),
-            cost: 1,
-        }))
-        .await
-        .unwrap();
+    check(server.endpoint(), caller.request(fresh_check("tls"))).await;
     let check_rpc = "portcullis.v1.RateLimitService/Check";
     let trace = collector
         .wait_for_trace(&unhex(caller.trace_id), |t| {
