@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_proto::{envoy, pb};
+use portcullis_server::keys::{check_key, envoy_key};
 use portcullis_server::ratelimit::gcra::{self, GcraParams};
-use portcullis_server::ratelimit::keys::{check_key, envoy_key};
 use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
 use portcullis_server::store::{LimitRequest, MemoryStore, RateLimitStore, RedisStore};
 use prost::Message;

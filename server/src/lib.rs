@@ -4,8 +4,10 @@
 //! shutdown future resolves, so tests run the real server in-process on `127.0.0.1:0`.
 
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod keys;
 pub mod periodic;
 pub mod ratelimit;
 pub mod secret_files;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use portcullis_server::ratelimit::clock::{Clock, ManualClock};
+use portcullis_server::clock::{Clock, ManualClock};
 use portcullis_server::store::auth::{
     AttemptGate, AuditEvent, AuthStore, LockoutSettings, REVOCATIONS_BATCH, RotateOutcome, Session,
     UserRecord,

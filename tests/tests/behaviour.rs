@@ -8,7 +8,7 @@ use std::time::Duration;
 use ::redis::cluster_routing::Slot;
 use futures::future::join_all;
 use portcullis_client::{ClientError, envoy, pb};
-use portcullis_server::ratelimit::keys::envoy_key;
+use portcullis_server::keys::envoy_key;
 use portcullis_tests::server::{Backend, TestServer, unique};
 use tonic::Code;
 use tonic_types::StatusExt;

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use portcullis_client::PortcullisClient;
-use portcullis_server::ratelimit::keys::check_key;
+use portcullis_server::keys::check_key;
 use portcullis_tests::harness::{PortcullisProcess, RedisCluster};
 use portcullis_tests::server::{JWT_SECRET, unique};
 

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use portcullis_server::ratelimit::keys::check_key;
+use portcullis_server::keys::check_key;
 use portcullis_tests::harness::RedisServer;
 use portcullis_tests::server::{Backend, TestServer, unique};
 
@@ -139,7 +139,7 @@ async fn a_slow_redis_is_answered_by_the_fail_mode() {
 async fn one_script_call_decides_like_the_memory_store_one_by_one() {
     use std::sync::Arc;
 
-    use portcullis_server::ratelimit::clock::{Clock, ManualClock};
+    use portcullis_server::clock::{Clock, ManualClock};
     use portcullis_server::ratelimit::gcra::{GcraParams, Verdict};
     use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
     use portcullis_server::store::{LimitRequest, MemoryStore, RateLimitStore, RedisStore};

@@ -5,8 +5,8 @@ use std::time::Instant;
 
 use super::model::AuditEvent;
 use super::service::AuthError;
-use crate::ratelimit::clock::unix_time;
-use crate::ratelimit::keys;
+use crate::clock::unix_time;
+use crate::keys;
 use crate::telemetry::metrics::AUTH_EVENTS;
 
 /// Who is calling, as far as the transport knows: for the audit log only.

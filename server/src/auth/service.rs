@@ -20,9 +20,9 @@ use super::password::{
 use super::tokens::{
     AccessClaims, IssueRequest, IssueSettings, ReloadingKeyRing, TokenError, VerifyExpectations,
 };
+use crate::clock::unix_time;
+use crate::keys::{self, InvalidId};
 use crate::periodic::{OutageMessages, run_every};
-use crate::ratelimit::clock::unix_time;
-use crate::ratelimit::keys::{self, InvalidId};
 use crate::ratelimit::policy::Limit;
 use crate::ratelimit::{Limiter, RateLimitError};
 use crate::store::auth::{AuthStore, REVOCATIONS_BATCH, hex};

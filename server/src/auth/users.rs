@@ -6,7 +6,7 @@ use serde_json::json;
 use super::audit::CallContext;
 use super::model::{AuditEvent, LockState, Session, UserRecord};
 use super::service::{AuthError, Authenticator, NewUser};
-use crate::ratelimit::keys;
+use crate::keys;
 use crate::store::RateLimitStore;
 use crate::store::auth::AuthStore;
 
@@ -91,7 +91,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             .lock_state(
                 tenant,
                 &subject,
-                crate::ratelimit::clock::unix_time().as_millis() as u64,
+                crate::clock::unix_time().as_millis() as u64,
             )
             .await?;
         Ok(UserView { user, lock })

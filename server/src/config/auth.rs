@@ -12,7 +12,7 @@ use super::{ConfigError, EnvSource, duration_setting, invalid, pick};
 use crate::auth::model::LockoutSettings;
 use crate::auth::password::{Argon2Params, DEFAULT_QUEUE_TIMEOUT, PasswordPolicy, default_permits};
 use crate::auth::tokens::{ENV_SECRET, KeyRing};
-use crate::ratelimit::keys;
+use crate::keys;
 use crate::ratelimit::policy::Limit;
 
 /// The longest revocation poll: the service promises revocations reach every replica in 1 s.

@@ -17,9 +17,10 @@ use clap::Parser;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::keys;
 use crate::ratelimit::envoy_config::EnvoyConfig;
 use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
-use crate::ratelimit::{FailMode, LimiterSettings, keys};
+use crate::ratelimit::{FailMode, LimiterSettings};
 use crate::store::redis::{RedisSecurity, RedisTarget};
 use crate::telemetry::logs::LogFormat;
 

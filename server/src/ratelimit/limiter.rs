@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
-use super::clock::unix_time;
 use super::deny_cache::DenyCache;
 use super::envoy::{AppliedEnvoyLimit, DescriptorStatus, EnvoyDecision, EnvoyRequest};
 use super::envoy_config::EnvoyConfig;
 use super::gcra::{GcraParams, KeyOutcome, Verdict};
 use super::headers::{HeaderInput, rate_limit_headers};
-use super::keys::{self, DEFAULT_RESOURCE, InvalidId};
 use super::policy::{
     AppliedPolicy, InvalidLimit, Limit, PolicyOverride, PolicySource, PolicyTable,
 };
+use crate::clock::unix_time;
+use crate::keys::{self, DEFAULT_RESOURCE, InvalidId};
 use crate::periodic::{OutageMessages, run_every};
 use crate::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
 use crate::telemetry::metrics::RATELIMIT_DECISIONS;

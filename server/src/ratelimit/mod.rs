@@ -1,13 +1,11 @@
-//! The rate-limit domain: policies, the GCRA decision, key naming, Envoy config and the
-//! limiter that ties them to a store. Knows neither tonic nor Redis.
+//! The rate-limit domain: policies, the GCRA decision, Envoy config and the limiter that ties
+//! them to a store. Knows neither tonic nor Redis.
 
-pub mod clock;
 pub mod deny_cache;
 pub mod envoy;
 pub mod envoy_config;
 pub mod gcra;
 pub mod headers;
-pub mod keys;
 pub mod limiter;
 pub mod policy;
 

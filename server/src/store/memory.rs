@@ -16,7 +16,7 @@ use std::time::Duration;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::{BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError};
-use crate::ratelimit::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock};
 use crate::ratelimit::gcra::{self, Verdict};
 use crate::ratelimit::policy::{Limit, PolicyOverride};
 
@@ -226,7 +226,7 @@ impl RateLimitStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::clock::ManualClock;
+    use crate::clock::ManualClock;
     use crate::ratelimit::gcra::GcraParams;
 
     fn req(key: &str, burst: u64) -> LimitRequest {

@@ -56,7 +56,7 @@ pub use self::redis::RedisStore;
 /// One limit to decide within a batch.
 #[derive(Debug, Clone)]
 pub struct LimitRequest {
-    /// The counter key (see `ratelimit::keys`).
+    /// The counter key (see `keys`).
     pub key: String,
     /// The limit's GCRA parameters.
     pub gcra: GcraParams,

@@ -9,7 +9,7 @@ use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::keyring::{Key, KeyRing};
-use crate::ratelimit::keys::{MAX_ID_LEN, id_problem};
+use crate::keys::{MAX_ID_LEN, id_problem};
 
 /// The `typ` header of every access token (RFC 9068).
 pub const TOKEN_TYPE: &str = "at+jwt";

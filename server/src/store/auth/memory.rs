@@ -10,7 +10,7 @@ use super::{
     AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,
     REVOCATIONS_KEPT, RotateOutcome, Session, UserRecord, millis,
 };
-use crate::ratelimit::clock::Clock;
+use crate::clock::Clock;
 use crate::store::{MemoryStore, StoreError};
 
 /// Tenant and id: every map is keyed by both, so tenants never meet.
@@ -560,7 +560,7 @@ impl AuthStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ratelimit::clock::ManualClock;
+    use crate::clock::ManualClock;
 
     #[tokio::test]
     async fn sweep_drops_expired_sessions_lockouts_and_their_listing() {

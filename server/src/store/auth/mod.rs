@@ -26,7 +26,7 @@ use sha2::{Digest, Sha256};
 pub use crate::auth::model::{
     AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
 };
-pub use crate::ratelimit::keys::{audit_key, auth_key};
+pub use crate::keys::{audit_key, auth_key};
 
 use super::{AnyStore, StoreError};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::{AsyncCommands, Script};
 
 use super::{RedisStore, store_error};
-use crate::ratelimit::clock::unix_time;
+use crate::clock::unix_time;
 use crate::store::StoreError;
 use crate::store::auth::{
     AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,

@@ -371,7 +371,7 @@ mod tests {
 
     #[test]
     fn one_tenant_shares_a_slot_and_tenants_spread_over_the_cluster() {
-        use crate::ratelimit::keys::{check_key, envoy_key};
+        use crate::keys::{check_key, envoy_key};
         let slot = |k: String| Slot::for_key(k.as_bytes());
         let acme = slot(check_key("acme", "default", ""));
         assert_eq!(slot(check_key("acme", "search", "user-1")), acme);

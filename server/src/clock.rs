@@ -1,4 +1,5 @@
-//! Time for the in-process store: a clock trait so tests can move time by hand.
+//! Time: the wall clock for timestamps that leave the process, and a [`Clock`] the memory
+//! store decides by, which tests replace to move time by hand.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -1,11 +1,13 @@
-//! Input validation of identifiers and the naming of counter keys.
+//! The service's keyspace: validation of caller-supplied identifiers, and the name of every
+//! key the stores keep (counters, throttles, authentication records, audit streams).
 //!
-//! Keys are `rl:{<tenant>}:<resource>[:<key>]` for `Check` and
-//! `rle:{<domain>/<first entry>}[:<entry>…]` for Envoy descriptors. The braces are a Redis
-//! Cluster hash tag: one tenant's (or one Envoy descriptor root's) keys share a slot, so
-//! multi-key scripts stay legal, while different tenants spread over the cluster. Every
-//! caller-supplied part is escaped, so no input can end the tag early, forge a separator or
-//! reach another tenant's counters.
+//! Keys are `rl:{<tenant>}:<resource>[:<key>]` for `Check`, `rlt:{<tenant>}:<kind>[:<id>]` for
+//! the service's own throttles, `rle:{<domain>/<first entry>}[:<entry>…]` for Envoy
+//! descriptors, `auth:{<tenant>}:<kind>:<id>` and `audit:{<tenant>}` for authentication. The
+//! braces are a Redis Cluster hash tag: one tenant's (or one Envoy descriptor root's) keys share
+//! a slot, so multi-key scripts stay legal, while different tenants spread over the cluster.
+//! Every caller-supplied part is escaped, so no input can end the tag early, forge a separator
+//! or reach another tenant's keys.
 
 use std::fmt::Write as _;
 
