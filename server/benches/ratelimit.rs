@@ -12,8 +12,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use portcullis_proto::{envoy, pb};
 use portcullis_server::keys::{check_key, envoy_key};
 use portcullis_server::ratelimit::gcra::{self, GcraParams};
+use portcullis_server::ratelimit::store::{LimitRequest, RateLimitStore};
 use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
-use portcullis_server::store::{LimitRequest, MemoryStore, RateLimitStore, RedisStore};
+use portcullis_server::store::{MemoryStore, RedisStore};
 use prost::Message;
 
 /// Effectively unlimited (one unit per µs, burst a billion) so every decision is "allowed" and

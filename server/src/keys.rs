@@ -11,6 +11,8 @@
 
 use std::fmt::Write as _;
 
+use sha2::{Digest, Sha256};
+
 /// Longest accepted identifier, in bytes.
 pub const MAX_ID_LEN: usize = 256;
 
@@ -153,6 +155,29 @@ pub fn envoy_key<'a>(
     out
 }
 
+/// The revocation feed. Deliberately one global key (one Cluster slot): revocations are rare
+/// (logouts, password changes, admin calls), and every replica tails one stream instead of one
+/// per tenant. Entries carry the tenant as data, so no tenant can read or write another's
+/// sessions through it.
+pub const REVOCATIONS_KEY: &str = "auth:revocations";
+
+/// Lowercase hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
+}
+
+/// The id of the username index entry: hex SHA-256 of the username, so keys have a fixed
+/// length and a key dump does not list usernames in clear.
+pub fn username_digest(username: &str) -> String {
+    hex(&Sha256::digest(username.as_bytes()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,5 +235,14 @@ mod tests {
         assert!(validate_id("key", &"x".repeat(256), false).is_ok());
         let e = validate_id("resource", "a\nb", false).unwrap_err();
         assert_eq!(e.reason, "contains a control character");
+    }
+
+    #[test]
+    fn username_digest_is_hex_sha256() {
+        assert_eq!(
+            username_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5]), "000fa5");
     }
 }

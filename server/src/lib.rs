@@ -35,7 +35,8 @@ use crate::grpc::auth::AuthApi;
 use crate::grpc::envoy::EnvoyApi;
 use crate::grpc::ratelimit::RateLimitApi;
 use crate::ratelimit::Limiter;
-use crate::store::{AnyStore, MemoryStore, RedisStore, StoreError};
+use crate::ratelimit::store::StoreError;
+use crate::store::{AnyStore, MemoryStore, RedisStore};
 use crate::telemetry::http::Readiness;
 use crate::telemetry::rpc::RpcTelemetryLayer;
 

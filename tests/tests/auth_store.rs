@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use portcullis_server::clock::{Clock, ManualClock};
-use portcullis_server::store::auth::{
-    AttemptGate, AuditEvent, AuthStore, LockoutSettings, REVOCATIONS_BATCH, RotateOutcome, Session,
-    UserRecord,
+use portcullis_server::auth::model::{
+    AttemptGate, AuditEvent, LockoutSettings, RotateOutcome, Session, UserRecord,
 };
+use portcullis_server::auth::store::{AuthStore, REVOCATIONS_BATCH};
+use portcullis_server::clock::{Clock, ManualClock};
 use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
 use portcullis_server::store::{AnyStore, MemoryStore, RedisStore};
 use portcullis_tests::server::{Backend, shared_cluster_seeds, shared_redis_url, unique};

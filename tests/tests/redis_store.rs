@@ -141,8 +141,9 @@ async fn one_script_call_decides_like_the_memory_store_one_by_one() {
 
     use portcullis_server::clock::{Clock, ManualClock};
     use portcullis_server::ratelimit::gcra::{GcraParams, Verdict};
+    use portcullis_server::ratelimit::store::{LimitRequest, RateLimitStore};
     use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
-    use portcullis_server::store::{LimitRequest, MemoryStore, RateLimitStore, RedisStore};
+    use portcullis_server::store::{MemoryStore, RedisStore};
     use rand::rngs::Xoshiro256PlusPlus;
     use rand::{RngExt, SeedableRng};
 

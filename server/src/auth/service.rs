@@ -17,16 +17,17 @@ use super::model::{AttemptGate, AuditEvent, LockoutSettings, RotateOutcome, Sess
 use super::password::{
     HashError, NewPasswordError, PasswordHasher, PasswordPolicy, PolicyViolation, Secret, Verified,
 };
+use super::store::{AuthStore, REVOCATIONS_BATCH, StoreError};
 use super::tokens::{
     AccessClaims, IssueRequest, IssueSettings, ReloadingKeyRing, TokenError, VerifyExpectations,
 };
 use crate::clock::unix_time;
+use crate::keys::hex;
 use crate::keys::{self, InvalidId};
 use crate::periodic::{OutageMessages, run_every};
 use crate::ratelimit::policy::Limit;
+use crate::ratelimit::store::RateLimitStore;
 use crate::ratelimit::{Limiter, RateLimitError};
-use crate::store::auth::{AuthStore, REVOCATIONS_BATCH, hex};
-use crate::store::{RateLimitStore, StoreError};
 use crate::telemetry::metrics::{LOCKOUTS, TOKEN_VERIFICATIONS};
 
 /// The only scope of a token issued while the password must be changed.

@@ -6,9 +6,9 @@ use serde_json::json;
 use super::audit::CallContext;
 use super::model::{AuditEvent, LockState, Session, UserRecord};
 use super::service::{AuthError, Authenticator, NewUser};
+use super::store::AuthStore;
 use crate::keys;
-use crate::store::RateLimitStore;
-use crate::store::auth::AuthStore;
+use crate::ratelimit::store::RateLimitStore;
 
 /// Events returned by one `ListAuditEvents` page when the caller asks for none in particular.
 pub const DEFAULT_AUDIT_PAGE: usize = 100;

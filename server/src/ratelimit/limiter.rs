@@ -16,10 +16,10 @@ use super::headers::{HeaderInput, rate_limit_headers};
 use super::policy::{
     AppliedPolicy, InvalidLimit, Limit, PolicyOverride, PolicySource, PolicyTable,
 };
+use super::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
 use crate::clock::unix_time;
 use crate::keys::{self, DEFAULT_RESOURCE, InvalidId};
 use crate::periodic::{OutageMessages, run_every};
-use crate::store::{BatchOutcome, LimitRequest, RateLimitStore, StoreError};
 use crate::telemetry::metrics::RATELIMIT_DECISIONS;
 
 /// Descriptors one `ShouldRateLimit` may carry. Envoy sends a handful; the cap keeps one request

@@ -8,6 +8,7 @@ pub mod gcra;
 pub mod headers;
 pub mod limiter;
 pub mod policy;
+pub mod store;
 
 pub use self::limiter::{
     CheckDecision, CheckInput, DenyReason, FailMode, Limiter, LimiterSettings, RateLimitError,

@@ -1,5 +1,5 @@
-//! Where counters and runtime policies live: the store traits, and the memory and Redis
-//! implementations chosen by configuration.
+//! Where state lives: the memory and Redis implementations of the domains' store interfaces
+//! ([`RateLimitStore`], [`AuthStore`]), and [`AnyStore`], the one configuration chooses.
 
 /// Forwards a call on [`AnyStore`] to the chosen store, timing it for the store metrics
 /// (`op` is the method's name), in a debug-level span `store.<op>` when the call is part of
@@ -24,12 +24,12 @@ macro_rules! delegate {
         };
         tracing::Instrument::instrument(
             async {
-                let started = std::time::Instant::now();
+                let started = Instant::now();
                 let result = match $self {
                     AnyStore::Memory(s) => s.$method($($arg),*).await,
                     AnyStore::Redis(s) => s.$method($($arg),*).await,
                 };
-                crate::telemetry::metrics::store_call(stringify!($method), started, &result);
+                store_call(stringify!($method), started, &result);
                 if result.is_err() {
                     tracing::Span::current().record("otel.status_code", "error");
                 }
@@ -41,112 +41,23 @@ macro_rules! delegate {
     }};
 }
 
-pub mod auth;
 pub mod memory;
 pub mod redis;
 
-use std::future::Future;
+use std::time::{Duration, Instant};
 
-use crate::ratelimit::gcra::{GcraParams, KeyOutcome};
+use crate::auth::model::{
+    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
+};
+use crate::auth::store::AuthStore;
 use crate::ratelimit::policy::PolicyOverride;
+use crate::ratelimit::store::{
+    BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError,
+};
+use crate::telemetry::metrics::{STORE_DURATION, STORE_ERRORS};
 
 pub use self::memory::MemoryStore;
 pub use self::redis::RedisStore;
-
-/// One limit to decide within a batch.
-#[derive(Debug, Clone)]
-pub struct LimitRequest {
-    /// The counter key (see `keys`).
-    pub key: String,
-    /// The limit's GCRA parameters.
-    pub gcra: GcraParams,
-    /// Units to take.
-    pub cost: u64,
-    /// False for shadow-mode limits: they are counted and reported, but their denial does not
-    /// stop the other limits of the batch from being taken.
-    pub enforced: bool,
-}
-
-/// The outcome of a batch: every limit is taken, or none is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchOutcome {
-    /// The store's clock at the decision, µs since the Unix epoch (Redis `TIME` on Redis).
-    pub now_us: u64,
-    /// True when every enforced limit fitted and all allowed costs were taken.
-    pub committed: bool,
-    /// One outcome per request, in order. When not committed, allowed limits report the
-    /// state before the request (nothing was taken).
-    pub keys: Vec<KeyOutcome>,
-}
-
-/// A store failure. `transient` says whether retrying later may succeed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("store error: {message}")]
-pub struct StoreError {
-    /// What failed, without secrets (connection URLs are never included).
-    pub message: String,
-    /// True for timeouts and connection loss; false for protocol or data errors.
-    pub transient: bool,
-}
-
-impl StoreError {
-    /// A failure that may pass (timeout, lost connection).
-    pub fn transient(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            transient: true,
-        }
-    }
-
-    /// A failure that retrying will not fix (malformed data, script error).
-    pub fn permanent(message: impl Into<String>) -> Self {
-        Self {
-            message: message.into(),
-            transient: false,
-        }
-    }
-}
-
-/// Runtime policy overrides, versioned so replicas notice changes cheaply.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OverrideSnapshot {
-    /// Increases on every change.
-    pub version: u64,
-    /// Every runtime override.
-    pub overrides: Vec<PolicyOverride>,
-}
-
-/// The rate-limit half of a store: atomic multi-key GCRA decisions and runtime overrides.
-pub trait RateLimitStore: Send + Sync + 'static {
-    /// Decides a batch all-or-nothing: if any enforced limit is over, nothing is taken.
-    fn decide(
-        &self,
-        batch: &[LimitRequest],
-    ) -> impl Future<Output = Result<BatchOutcome, StoreError>> + Send;
-
-    /// Stores a runtime override (replacing one for the same tenant and resource).
-    fn set_override(
-        &self,
-        policy: &PolicyOverride,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Deletes a runtime override; false when there was none.
-    fn delete_override(
-        &self,
-        tenant: &str,
-        resource: Option<&str>,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
-
-    /// The overrides, or `None` when the version is still `known_version`.
-    fn load_overrides(
-        &self,
-        known_version: Option<u64>,
-    ) -> impl Future<Output = Result<Option<OverrideSnapshot>, StoreError>> + Send;
-
-    /// True when the store is across the network, where a local cache of denials saves
-    /// round trips (in memory it would only duplicate the counters).
-    fn is_remote(&self) -> bool;
-}
 
 /// The store chosen by configuration.
 #[derive(Debug, Clone)]
@@ -189,30 +100,179 @@ impl RateLimitStore for AnyStore {
     }
 }
 
-/// Encodes an override for storage as `rate period_us burst`; shared by the stores that
-/// serialise overrides.
-pub(crate) fn encode_limit(limit: &crate::ratelimit::policy::Limit) -> String {
-    format!(
-        "{} {} {}",
-        limit.rate(),
-        limit.period().as_micros(),
-        limit.burst()
-    )
+impl AuthStore for AnyStore {
+    async fn create_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        delegate!(self, create_user(user))
+    }
+
+    async fn get_user(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        delegate!(self, get_user(tenant, user_id))
+    }
+
+    async fn find_user(
+        &self,
+        tenant: &str,
+        username: &str,
+    ) -> Result<Option<UserRecord>, StoreError> {
+        delegate!(self, find_user(tenant, username))
+    }
+
+    async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+        delegate!(self, update_user(user))
+    }
+
+    async fn delete_user(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        lockout_subject: &str,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, delete_user(tenant, user_id, lockout_subject))
+    }
+
+    async fn begin_attempt(
+        &self,
+        tenant: &str,
+        subject: &str,
+        settings: &LockoutSettings,
+        now_unix_ms: u64,
+    ) -> Result<AttemptGate, StoreError> {
+        delegate!(self, begin_attempt(tenant, subject, settings, now_unix_ms))
+    }
+
+    async fn finish_attempt(
+        &self,
+        tenant: &str,
+        subject: &str,
+        success: bool,
+        settings: &LockoutSettings,
+        now_unix_ms: u64,
+    ) -> Result<bool, StoreError> {
+        delegate!(
+            self,
+            finish_attempt(tenant, subject, success, settings, now_unix_ms)
+        )
+    }
+
+    async fn lock_state(
+        &self,
+        tenant: &str,
+        subject: &str,
+        now_unix_ms: u64,
+    ) -> Result<LockState, StoreError> {
+        delegate!(self, lock_state(tenant, subject, now_unix_ms))
+    }
+
+    async fn unlock(&self, tenant: &str, subject: &str) -> Result<bool, StoreError> {
+        delegate!(self, unlock(tenant, subject))
+    }
+
+    async fn create_session(&self, session: &Session) -> Result<bool, StoreError> {
+        delegate!(self, create_session(session))
+    }
+
+    async fn get_session(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<Session>, StoreError> {
+        delegate!(self, get_session(tenant, session_id))
+    }
+
+    async fn rotate_refresh(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        presented_hash: &str,
+        new_hash: &str,
+        now_unix: u64,
+        idle_timeout: Duration,
+    ) -> Result<RotateOutcome, StoreError> {
+        delegate!(
+            self,
+            rotate_refresh(
+                tenant,
+                session_id,
+                presented_hash,
+                new_hash,
+                now_unix,
+                idle_timeout
+            )
+        )
+    }
+
+    async fn revoke_session(&self, tenant: &str, session_id: &str) -> Result<bool, StoreError> {
+        delegate!(self, revoke_session(tenant, session_id))
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        except: Option<&str>,
+    ) -> Result<u32, StoreError> {
+        delegate!(self, revoke_user_sessions(tenant, user_id, except))
+    }
+
+    async fn list_sessions(&self, tenant: &str, user_id: &str) -> Result<Vec<Session>, StoreError> {
+        delegate!(self, list_sessions(tenant, user_id))
+    }
+
+    async fn revocations_since(
+        &self,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<(String, String)>, String), StoreError> {
+        delegate!(self, revocations_since(cursor))
+    }
+
+    async fn append_audit(
+        &self,
+        event: &AuditEvent,
+        retention_days: u32,
+    ) -> Result<String, StoreError> {
+        delegate!(self, append_audit(event, retention_days))
+    }
+
+    async fn list_audit(
+        &self,
+        tenant: &str,
+        limit: usize,
+        after_id: Option<&str>,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        delegate!(self, list_audit(tenant, limit, after_id))
+    }
+
+    async fn audit_for_user(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        limit: usize,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        delegate!(self, audit_for_user(tenant, user_id, limit))
+    }
+
+    async fn shared_secret(
+        &self,
+        name: &str,
+        candidate: &[u8; 32],
+    ) -> Result<[u8; 32], StoreError> {
+        delegate!(self, shared_secret(name, candidate))
+    }
 }
 
-/// The inverse of [`encode_limit`].
-pub(crate) fn decode_limit(text: &str) -> Result<crate::ratelimit::policy::Limit, StoreError> {
-    let bad = || StoreError::permanent(format!("malformed stored limit {text:?}"));
-    let mut parts = text.split(' ').map(|p| p.parse::<u64>().map_err(|_| bad()));
-    let (Some(rate), Some(period_us), Some(burst), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(bad());
-    };
-    crate::ratelimit::policy::Limit::new(
-        rate?,
-        std::time::Duration::from_micros(period_us?),
-        burst?,
-    )
-    .map_err(|e| StoreError::permanent(format!("stored limit {text:?} is invalid: {e}")))
+/// Records one store call: its latency and, when it failed, the error's kind.
+fn store_call<T>(op: &'static str, started: Instant, result: &Result<T, StoreError>) {
+    metrics::histogram!(STORE_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
+    if let Err(e) = result {
+        let kind = if e.transient {
+            "transient"
+        } else {
+            "permanent"
+        };
+        metrics::counter!(STORE_ERRORS, "op" => op, "kind" => kind).increment(1);
+    }
 }

@@ -5,12 +5,10 @@
 //! input: no tenant id, user, key or path can grow the label space.
 
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::auth::tokens::{Key, KeyRing, KeyState};
-use crate::store::StoreError;
 
 /// gRPC calls by `method` (`/package.Service/Method`, or `other`) and `code`.
 pub const RPC_REQUESTS: &str = "portcullis_rpc_requests_total";
@@ -84,19 +82,6 @@ fn describe() {
     metrics::describe_gauge!(JWT_KEYS, "JWT keys in force (1) or removed (0)");
     metrics::describe_counter!(TLS_HANDSHAKES, "TLS handshakes on the gRPC port by outcome");
     metrics::describe_counter!(TLS_RELOADS, "Certificate reloads by outcome");
-}
-
-/// Records one store call: its latency and, when it failed, the error's kind.
-pub fn store_call<T>(op: &'static str, started: Instant, result: &Result<T, StoreError>) {
-    metrics::histogram!(STORE_DURATION, "op" => op).record(started.elapsed().as_secs_f64());
-    if let Err(e) = result {
-        let kind = if e.transient {
-            "transient"
-        } else {
-            "permanent"
-        };
-        metrics::counter!(STORE_ERRORS, "op" => op, "kind" => kind).increment(1);
-    }
 }
 
 /// Publishes the keys of `ring` as 1 and those only in `previous` as 0.

@@ -1,18 +1,37 @@
-//! The authentication store on Redis: one Lua script per atomic step, all keys of a script on the tenant's slot.
+//! The Redis store's accounts: one Lua script per atomic step, all keys of a script on the
+//! tenant's slot.
+//!
+//! Every key of a tenant is `auth:{<tenant>}:<kind>:<id>` (see [`auth_key`]), so one
+//! tenant's keys share a Redis Cluster slot and each multi-key script stays on one slot:
+//!
+//! | key | holds |
+//! |---|---|
+//! | `auth:{t}:user:<user_id>` | the user record, JSON |
+//! | `auth:{t}:username:<sha256 hex of username>` | the user id (uniqueness index) |
+//! | `auth:{t}:fails:<subject>` | attempts counted in the lockout window (expires with it) |
+//! | `auth:{t}:lock:<subject>` | lock end in ms, or `admin` until unlocked (expires when timed) |
+//! | `auth:{t}:session:<sid>` | the session, a hash (expires when the session does) |
+//! | `auth:{t}:session-used:<sid>` | hashes of refresh secrets already rotated away (reuse detection) |
+//! | `auth:{t}:user-sessions:<user_id>` | the user's session ids (stale ids are dropped lazily) |
+//! | `audit:{t}` | the tenant's audit stream |
+//! | `auth:secret:<name>` | a store-wide secret shared by the replicas, hex (see `shared_secret`) |
+//! | `auth:revocations` | the global revocation feed (not tenant-tagged, see [`REVOCATIONS_KEY`]) |
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::{AsyncCommands, Script};
 
-use super::{RedisStore, store_error};
-use crate::clock::unix_time;
-use crate::store::StoreError;
-use crate::store::auth::{
-    AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,
-    REVOCATIONS_KEPT, REVOCATIONS_KEY, RotateOutcome, Session, UserRecord, audit_key, auth_key,
-    hex, millis, sort_oldest_first, username_digest,
+use super::RedisStore;
+use super::connection::store_error;
+use crate::auth::model::{
+    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
 };
+use crate::auth::store::{
+    AuthStore, REVOCATIONS_BATCH, REVOCATIONS_KEPT, StoreError, sort_oldest_first,
+};
+use crate::clock::{millis, unix_time};
+use crate::keys::{REVOCATIONS_KEY, audit_key, auth_key, hex, username_digest};
 
 /// The scripts of the authentication store; EVALSHA with EVAL again on NOSCRIPT, like `gcra`.
 #[derive(Debug)]

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use redis::Script;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::{RedisConnection, run_decisions};
-use crate::store::{BatchOutcome, LimitRequest, StoreError};
+use super::connection::RedisConnection;
+use super::ratelimit::run_decisions;
+use crate::ratelimit::store::{BatchOutcome, LimitRequest, StoreError};
 
 /// Requests decided by one script call at most: bounds the script's run time (Redis serves
 /// nothing else meanwhile) and the reply's size.

@@ -9,7 +9,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{ClientTlsConfig, IntoConnectionInfo, TlsCertificates};
 use zeroize::Zeroizing;
 
-use crate::store::StoreError;
+use crate::ratelimit::store::StoreError;
 
 /// Credentials and TLS material for Redis beyond what the URL says: an ACL user and password
 /// kept out of URLs (and so out of process listings), a private CA, and a client certificate
@@ -207,6 +207,16 @@ impl redis::aio::ConnectionLike for RedisConnection {
             Self::Single(c) => c.get_db(),
             Self::Cluster(c) => c.get_db(),
         }
+    }
+}
+
+/// A Redis error as a store error: transient when retrying later may succeed.
+pub(super) fn store_error(e: redis::RedisError) -> StoreError {
+    let transient =
+        e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal();
+    StoreError {
+        message: e.to_string(),
+        transient,
     }
 }
 

@@ -1,4 +1,5 @@
-//! The embedded authentication state: every operation runs under one lock, hence atomically.
+//! The memory store's accounts: users, lockouts, sessions, revocations and audit events; every
+//! operation runs under one lock, hence atomically.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -6,12 +7,14 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{
-    AttemptGate, AuditEvent, AuthStore, LockState, LockoutSettings, REVOCATIONS_BATCH,
-    REVOCATIONS_KEPT, RotateOutcome, Session, UserRecord, millis,
+use super::MemoryStore;
+use crate::auth::model::{
+    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
 };
-use crate::clock::Clock;
-use crate::store::{MemoryStore, StoreError};
+use crate::auth::store::{
+    AuthStore, REVOCATIONS_BATCH, REVOCATIONS_KEPT, StoreError, sort_oldest_first,
+};
+use crate::clock::{Clock, millis};
 
 /// Tenant and id: every map is keyed by both, so tenants never meet.
 type Scoped = (String, String);
@@ -22,7 +25,7 @@ fn scoped(tenant: &str, id: &str) -> Scoped {
 
 /// Users, lockouts, sessions, revocations and audit events of the memory store.
 #[derive(Debug)]
-pub struct MemoryAuth {
+pub(super) struct MemoryAuth {
     /// The time sessions and audit retention are judged by (lockout and rotation take the
     /// caller's `now`); the memory store's own clock, replaceable in tests.
     clock: Arc<dyn Clock>,
@@ -86,7 +89,7 @@ struct SessionEntry {
 
 impl MemoryAuth {
     /// Empty state judged by `clock`.
-    pub fn new(clock: Arc<dyn Clock>) -> Self {
+    pub(super) fn new(clock: Arc<dyn Clock>) -> Self {
         Self {
             clock,
             state: Mutex::default(),
@@ -98,7 +101,7 @@ impl MemoryAuth {
     }
 
     /// Drops expired lockouts and sessions (their absence means the same).
-    pub fn sweep(&self) {
+    pub(super) fn sweep(&self) {
         let now_us = self.clock.now_us();
         let mut state = self.state.lock();
         state.lockouts.retain(|_, l| {
@@ -446,7 +449,7 @@ impl AuthStore for MemoryStore {
             }
             _ => false,
         });
-        super::sort_oldest_first(&mut out);
+        sort_oldest_first(&mut out);
         Ok(out)
     }
 

@@ -1,48 +1,46 @@
-//! The embedded store: counters in sharded hash maps under per-shard locks, for one replica.
+//! The memory store's counters: sharded hash maps under per-shard locks, and the runtime
+//! overrides.
 //!
 //! A batch locks every shard it touches in ascending shard order (so two batches can never
 //! wait on each other in a cycle), decides all its keys, and commits all or nothing, the same
-//! guarantee the Redis script gives. Idle keys (TAT in the past, which is the same as absent)
-//! are swept out so memory follows the keys active within their tolerance, not all keys ever seen.
+//! guarantee the Redis script gives.
 //!
 //! The shards are plain `Mutex<HashMap>`s rather than a `DashMap` because a batch must hold
 //! several shards at once in a fixed order, which dashmap's public API does not offer.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::{BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError};
-use crate::clock::{Clock, SystemClock};
+use super::MemoryStore;
+use crate::clock::Clock;
 use crate::ratelimit::gcra::{self, Verdict};
 use crate::ratelimit::policy::{Limit, PolicyOverride};
+use crate::ratelimit::store::{
+    BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError,
+};
 
 /// Number of lock shards: enough that two cores rarely meet on one, few enough to sweep fast.
 const SHARDS: usize = 64;
 
-type Counters = HashMap<Box<str>, u64, foldhash::fast::RandomState>;
+/// TAT per key.
+type Tats = HashMap<Box<str>, u64, foldhash::fast::RandomState>;
 
 /// One lock and its map, aligned to its own cache lines so neighbouring locks do not contend.
 #[repr(align(128))]
 #[derive(Debug, Default)]
-struct Shard(Mutex<Counters>);
+struct Shard(Mutex<Tats>);
 
-/// In-process counters and runtime overrides.
+/// The counters and runtime overrides of a [`MemoryStore`].
 #[derive(Debug)]
-pub struct MemoryStore {
+pub(super) struct Counters {
     /// TAT per key, spread over shards by key hash.
     shards: Box<[Shard]>,
     /// Picks a key's shard; seeded per process so shard placement cannot be aimed at.
     shard_hasher: foldhash::fast::RandomState,
-    /// The time GCRA decides at; replaceable in tests.
-    clock: Arc<dyn Clock>,
     /// Runtime overrides, versioned like the Redis copy.
     overrides: Mutex<Overrides>,
-    /// Users, lockouts, sessions and the audit log (see `store::auth::memory`).
-    pub(crate) auth: super::auth::memory::MemoryAuth,
 }
 
 #[derive(Debug, Default)]
@@ -51,19 +49,11 @@ struct Overrides {
     by_target: BTreeMap<(String, Option<String>), Limit>,
 }
 
-impl MemoryStore {
-    /// A store on the system clock.
-    pub fn new() -> Self {
-        Self::with_clock(Arc::new(SystemClock::new()))
-    }
-
-    /// A store on a given clock (tests pass a manual one).
-    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+impl Counters {
+    pub(super) fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
-            auth: super::auth::memory::MemoryAuth::new(clock.clone()),
-            clock,
             overrides: Mutex::default(),
         }
     }
@@ -73,47 +63,29 @@ impl MemoryStore {
     }
 
     /// Number of keys held (idle ones included until the next sweep).
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 
-    /// True when no key is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Removes keys whose TAT has passed: they decide exactly as absent keys do. Also drops
-    /// expired lockouts and sessions.
-    pub fn sweep(&self) {
+    /// Removes keys whose TAT has passed: they decide exactly as absent keys do.
+    pub(super) fn sweep(&self, clock: &dyn Clock) {
         for shard in self.shards.iter() {
-            let now = self.clock.now_us();
+            let now = clock.now_us();
             shard.0.lock().retain(|_, tat| *tat > now);
         }
-        self.auth.sweep();
     }
+}
 
-    /// Sweeps every `every` until the store is dropped.
-    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
-        let store: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(store) = store.upgrade() else { return };
-                store.sweep();
-            }
-        });
-    }
-
+impl MemoryStore {
     fn decide_locked(&self, batch: &[LimitRequest]) -> BatchOutcome {
-        let mut shard_ids: Vec<usize> = batch.iter().map(|r| self.shard_of(&r.key)).collect();
+        let counters = &self.counters;
+        let mut shard_ids: Vec<usize> = batch.iter().map(|r| counters.shard_of(&r.key)).collect();
         let mut order = shard_ids.clone();
         order.sort_unstable();
         order.dedup();
         // Ascending order: no two batches can hold-and-wait in a cycle.
-        let mut guards: Vec<MutexGuard<'_, Counters>> =
-            order.iter().map(|&i| self.shards[i].0.lock()).collect();
+        let mut guards: Vec<MutexGuard<'_, Tats>> =
+            order.iter().map(|&i| counters.shards[i].0.lock()).collect();
         for id in &mut shard_ids {
             *id = order.binary_search(id).unwrap_or_default();
         }
@@ -159,19 +131,13 @@ impl MemoryStore {
     }
 }
 
-impl Default for MemoryStore {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl RateLimitStore for MemoryStore {
     async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, StoreError> {
         Ok(self.decide_locked(batch))
     }
 
     async fn set_override(&self, policy: &PolicyOverride) -> Result<(), StoreError> {
-        let mut o = self.overrides.lock();
+        let mut o = self.counters.overrides.lock();
         o.by_target.insert(
             (policy.tenant.clone(), policy.resource.clone()),
             policy.limit,
@@ -185,7 +151,7 @@ impl RateLimitStore for MemoryStore {
         tenant: &str,
         resource: Option<&str>,
     ) -> Result<bool, StoreError> {
-        let mut o = self.overrides.lock();
+        let mut o = self.counters.overrides.lock();
         let removed = o
             .by_target
             .remove(&(tenant.to_owned(), resource.map(str::to_owned)))
@@ -200,7 +166,7 @@ impl RateLimitStore for MemoryStore {
         &self,
         known: Option<u64>,
     ) -> Result<Option<OverrideSnapshot>, StoreError> {
-        let o = self.overrides.lock();
+        let o = self.counters.overrides.lock();
         if known == Some(o.version) {
             return Ok(None);
         }
@@ -225,6 +191,8 @@ impl RateLimitStore for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::clock::ManualClock;
     use crate::ratelimit::gcra::GcraParams;
