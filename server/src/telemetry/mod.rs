@@ -4,6 +4,7 @@
 
 pub mod http;
 pub mod logs;
+mod methods;
 pub mod metrics;
 pub mod rpc;
 pub mod traces;

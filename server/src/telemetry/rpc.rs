@@ -1,56 +1,17 @@
 //! A tower layer that counts every gRPC call by method and status code, times it, and (when
 //! traces are exported) runs it in a span joined to the caller's trace.
 
-use std::collections::HashSet;
 use std::pin::Pin;
-use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use prost::Message;
 use tower::{Layer, Service};
 
 use tracing::Instrument;
 
+use super::methods::method_label;
 use super::metrics::{RPC_DURATION, RPC_REQUESTS, code_name};
 use super::traces;
-
-/// The label of a path that names no served method, so unknown paths cannot grow the labels.
-const OTHER: &str = "other";
-
-/// Every method path (`/package.Service/Method`) in the served descriptor sets, built once.
-fn known_methods() -> &'static HashSet<&'static str> {
-    static METHODS: OnceLock<HashSet<&'static str>> = OnceLock::new();
-    METHODS.get_or_init(|| {
-        let sets = [
-            portcullis_proto::FILE_DESCRIPTOR_SET,
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-        ];
-        let mut methods = HashSet::new();
-        for set in sets {
-            let Ok(set) = prost_types::FileDescriptorSet::decode(set) else {
-                continue;
-            };
-            for file in &set.file {
-                for service in &file.service {
-                    for method in &service.method {
-                        let path =
-                            format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                        // Leaked once per process: a fixed set of label values lives as long
-                        // as the recorder that holds them.
-                        methods.insert(&*Box::leak(path.into_boxed_str()));
-                    }
-                }
-            }
-        }
-        methods
-    })
-}
-
-/// The method label of a request path.
-pub(crate) fn method_label(path: &str) -> &'static str {
-    known_methods().get(path).copied().unwrap_or(OTHER)
-}
 
 /// Adds [`RpcTelemetry`] around a service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -124,28 +85,5 @@ where
             Some(span) => Box::pin(observed.instrument(span)),
             None => Box::pin(observed),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_served_methods_become_labels() {
-        assert_eq!(
-            method_label("/portcullis.v1.RateLimitService/Check"),
-            "/portcullis.v1.RateLimitService/Check"
-        );
-        assert_eq!(
-            method_label("/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"),
-            "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
-        );
-        assert_eq!(
-            method_label("/grpc.health.v1.Health/Check"),
-            "/grpc.health.v1.Health/Check"
-        );
-        assert_eq!(method_label("/portcullis.v1.RateLimitService/Nope"), OTHER);
-        assert_eq!(method_label("/x"), OTHER);
     }
 }

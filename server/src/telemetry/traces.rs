@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use crate::config::EnvSource;
 
-use super::rpc::method_label;
+use super::methods::method_label;
 
 /// `service.name` when neither `OTEL_SERVICE_NAME` nor `OTEL_RESOURCE_ATTRIBUTES` names one.
 pub const DEFAULT_SERVICE_NAME: &str = "portcullis";
