@@ -27,8 +27,8 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::auth::password::{HasherConfigError, PasswordHasher};
-use crate::auth::service::{AuthSettings, Authenticator, LoginLimits};
 use crate::auth::tokens::{KeyRing, KeyRingError, ReloadingKeyRing};
+use crate::auth::{AuthSettings, Authenticator, LoginLimits};
 use crate::config::{Config, KeySource, StoreConfig};
 use crate::grpc::admin::{AdminApi, AdminAuth};
 use crate::grpc::auth::AuthApi;

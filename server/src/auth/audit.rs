@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
+use super::error::AuthError;
 use super::model::AuditEvent;
-use super::service::AuthError;
 use crate::clock::unix_time;
 use crate::keys;
 use crate::telemetry::metrics::AUTH_EVENTS;

@@ -3,9 +3,17 @@
 //! nor Redis.
 
 pub mod audit;
+pub mod authenticator;
+pub mod error;
+pub mod login;
 pub mod model;
 pub mod password;
-pub mod service;
+pub mod sessions;
 pub mod store;
 pub mod tokens;
 pub mod users;
+
+pub use self::authenticator::{AuthSettings, Authenticator, LoginLimits, NewUser};
+pub use self::error::AuthError;
+pub use self::login::LoginInput;
+pub use self::sessions::{API_SCOPE, PASSWORD_CHANGE_SCOPE, Tokens};

@@ -4,8 +4,9 @@
 use serde_json::json;
 
 use super::audit::CallContext;
+use super::authenticator::{Authenticator, NewUser};
+use super::error::AuthError;
 use super::model::{AuditEvent, LockState, Session, UserRecord};
-use super::service::{AuthError, Authenticator, NewUser};
 use super::store::AuthStore;
 use crate::keys;
 use crate::ratelimit::store::RateLimitStore;

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::to_proto_duration;
 use crate::auth::audit::CallContext;
 use crate::auth::password::Secret;
-use crate::auth::service::{Authenticator, LoginInput, Tokens};
+use crate::auth::{Authenticator, LoginInput, Tokens};
 use crate::store::AnyStore;
 
 /// Serves logins, token verification, refresh, logout, password changes and the JWKS.
@@ -108,7 +108,7 @@ impl pb::auth_service_server::AuthService for AuthApi {
     ) -> Result<Response<pb::VerifyTokenResponse>, Status> {
         let r = request.get_ref();
         if r.access_token.is_empty() {
-            return Err(crate::auth::service::AuthError::InvalidArgument {
+            return Err(crate::auth::AuthError::InvalidArgument {
                 field: "access_token".into(),
                 reason: "is required".into(),
             }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::auth::service::AuthError;
+use crate::auth::AuthError;
 use crate::ratelimit::RateLimitError;
 
 impl From<RateLimitError> for Status {

@@ -1,0 +1,159 @@
+//! Logins: throttles per client and per tenant, the attempt counted before its password is
+//! verified (lockout across replicas), rehashing, and the session a success opens.
+
+use super::audit::{CallContext, PendingAudit};
+use super::authenticator::{Authenticator, unix_now, unix_now_ms};
+use super::error::AuthError;
+use super::model::{AttemptGate, UserRecord};
+use super::password::{Secret, Verified};
+use super::sessions::Tokens;
+use super::store::AuthStore;
+use crate::keys;
+use crate::ratelimit::store::RateLimitStore;
+use crate::telemetry::metrics::LOCKOUTS;
+
+/// A login request.
+#[derive(Debug)]
+pub struct LoginInput<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// The username.
+    pub username: &'a str,
+    /// The password, compared exactly as sent.
+    pub password: &'a Secret,
+    /// The end user's address, for throttling, the session record and the audit log.
+    pub client_ip: &'a str,
+}
+
+impl<S: AuthStore + RateLimitStore> Authenticator<S> {
+    /// Verifies a password and opens a session; audited as `login`.
+    ///
+    /// Throttles come first, then the attempt is counted before the password is evaluated, so
+    /// parallel guesses across replicas cannot get more than the lockout allows. An unknown
+    /// user and a locked account cost one dummy verify through the same queue, so they look
+    /// like a wrong password in status, message and timing.
+    pub async fn login(
+        &self,
+        input: LoginInput<'_>,
+        ctx: &CallContext,
+    ) -> Result<Tokens, AuthError> {
+        let ctx = CallContext {
+            client_ip: input.client_ip.to_owned(),
+            ..ctx.clone()
+        };
+        self.audited(&ctx, input.tenant, "login", async |audit| {
+            keys::validate_id("tenant_id", input.tenant, true)?;
+            keys::validate_id("username", input.username, true)?;
+            keys::validate_id("client_ip", input.client_ip, false)?;
+            let subject = self.subject(input.tenant, input.username).await?;
+            audit.event.username_hash = subject.clone();
+            self.check_login_throttles(input.tenant, input.client_ip)
+                .await?;
+            self.login_verified(&input, &subject, audit).await
+        })
+        .await
+    }
+
+    async fn check_login_throttles(&self, tenant: &str, client_ip: &str) -> Result<(), AuthError> {
+        let Some(limiter) = &self.throttle else {
+            return Ok(());
+        };
+        let limits = self.settings.login_limits;
+        // Without a client IP there is no source to throttle; the tenant limit still applies.
+        let per_ip = (!client_ip.is_empty()).then(|| {
+            (
+                keys::throttle_key(tenant, "login-ip", client_ip),
+                limits.per_ip,
+            )
+        });
+        let per_tenant = Some((keys::throttle_key(tenant, "login", ""), limits.per_tenant));
+        for (key, limit) in [per_ip, per_tenant].into_iter().flatten() {
+            if let Some(retry_after) = limiter.throttle(key, limit).await? {
+                return Err(AuthError::Throttled { retry_after });
+            }
+        }
+        Ok(())
+    }
+
+    async fn login_verified(
+        &self,
+        input: &LoginInput<'_>,
+        subject: &str,
+        audit: &mut PendingAudit,
+    ) -> Result<Tokens, AuthError> {
+        let user = self.store.find_user(input.tenant, input.username).await?;
+        if let Some(u) = &user {
+            audit.user(&u.user_id);
+        }
+        let verified = self
+            .verify_counted(input.tenant, subject, input.password, user.as_ref(), audit)
+            .await?;
+        let Some(mut user) = user else {
+            // verify_counted never matches without a user.
+            return Err(AuthError::Internal);
+        };
+        if verified.needs_rehash {
+            // Upgrade to the configured parameters while the password is at hand; a failure
+            // here must not fail the login, the next one tries again.
+            match self.hasher.hash(input.password).await {
+                Ok(hash) => user.password_hash = hash,
+                Err(e) => tracing::warn!(error = %e, "password rehash skipped"),
+            }
+        }
+        user.last_login_unix = Some(unix_now());
+        self.store.update_user(&user).await?;
+        self.open_session(&user, input.client_ip).await
+    }
+
+    /// Checks `password` against `user` (a dummy hash when `None`, so an unknown user costs
+    /// the same) under the lockout of `subject`; `Ok` only on a match.
+    ///
+    /// The hashing permit is taken first, so an overloaded hasher refuses before anything is
+    /// counted (a user retrying under load is never locked out by the load). Then the attempt
+    /// is counted, atomically in the store, before the password is evaluated: parallel
+    /// guesses on any number of replicas cannot get more evaluations than the lockout allows.
+    /// A locked subject costs a dummy verify too, so it answers in the same time.
+    pub(super) async fn verify_counted(
+        &self,
+        tenant: &str,
+        subject: &str,
+        password: &Secret,
+        user: Option<&UserRecord>,
+        audit: &mut PendingAudit,
+    ) -> Result<Verified, AuthError> {
+        let lockout = &self.settings.lockout;
+        let permit = self.hasher.reserve().await?;
+        let gate = self
+            .store
+            .begin_attempt(tenant, subject, lockout, unix_now_ms())
+            .await?;
+        if let AttemptGate::Locked { retry_after } = gate {
+            self.hasher.verify_reserved(permit, password, None).await?;
+            audit.outcome = Some("locked");
+            return Err(if self.settings.reveal_lockout {
+                AuthError::AccountLocked { retry_after }
+            } else {
+                AuthError::InvalidCredentials
+            });
+        }
+        let phc = user.map(|u| u.password_hash.as_str());
+        let verified = self.hasher.verify_reserved(permit, password, phc).await?;
+        let locked_now = self
+            .store
+            .finish_attempt(tenant, subject, verified.matches, lockout, unix_now_ms())
+            .await?;
+        if locked_now {
+            metrics::counter!(LOCKOUTS).increment(1);
+            // The moment of the lock is an event of its own, for alerting.
+            let mut lock = PendingAudit::new(&audit.context(), tenant, "account.lock");
+            lock.event.user_id = audit.event.user_id.clone();
+            lock.event.username_hash = subject.to_owned();
+            self.record(lock.finish_as("success")).await;
+        }
+        if verified.matches {
+            Ok(verified)
+        } else {
+            Err(AuthError::InvalidCredentials)
+        }
+    }
+}

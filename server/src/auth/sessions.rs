@@ -1,0 +1,404 @@
+//! Sessions: opening one with its tokens, verifying access tokens against the revocation
+//! cache (fed by the store's feed), refresh-token rotation with reuse detection, logout and
+//! password changes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use super::audit::CallContext;
+use super::authenticator::{Authenticator, random_token, unix_now};
+use super::error::AuthError;
+use super::model::{RotateOutcome, Session, UserRecord};
+use super::password::Secret;
+use super::store::{AuthStore, REVOCATIONS_BATCH};
+use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
+use crate::keys::{self, hex};
+use crate::periodic::{OutageMessages, run_every};
+use crate::ratelimit::store::RateLimitStore;
+use crate::telemetry::metrics::TOKEN_VERIFICATIONS;
+
+/// The only scope of a token issued while the password must be changed.
+pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
+/// The scope of an ordinary access token.
+pub const API_SCOPE: &str = "api";
+/// Clock leeway for `exp`/`nbf`: the most the tokens module honours.
+const LEEWAY: Duration = Duration::from_secs(60);
+
+/// Tokens handed out by a login or a refresh.
+pub struct Tokens {
+    /// The signed access token.
+    pub access_token: String,
+    /// The opaque refresh token (single use).
+    pub refresh_token: Zeroizing<String>,
+    /// The access token's lifetime.
+    pub expires_in: Duration,
+    /// True when the password must be changed first (the token only has that scope).
+    pub password_change_required: bool,
+    /// The user.
+    pub user_id: String,
+    /// The session.
+    pub session_id: String,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokens")
+            .field("expires_in", &self.expires_in)
+            .field("password_change_required", &self.password_change_required)
+            .field("user_id", &self.user_id)
+            .field("session_id", &self.session_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn sha256_hex(text: &str) -> String {
+    hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// A refresh token names its session so it can be found: `<tenant b64>.<session id>.<secret>`.
+/// Only the SHA-256 of the secret is stored.
+fn refresh_token(tenant: &str, session_id: &str, secret: &str) -> Zeroizing<String> {
+    Zeroizing::new(format!(
+        "{}.{session_id}.{secret}",
+        B64URL.encode(tenant.as_bytes())
+    ))
+}
+
+/// Splits a refresh token into (tenant, session id, secret); `None` when malformed.
+fn parse_refresh_token(token: &str) -> Option<(String, &str, &str)> {
+    let mut parts = token.splitn(3, '.');
+    let tenant = B64URL.decode(parts.next()?).ok()?;
+    let tenant = String::from_utf8(tenant).ok()?;
+    let (sid, secret) = (parts.next()?, parts.next()?);
+    (!sid.is_empty() && secret.len() >= 43).then_some((tenant, sid, secret))
+}
+
+/// The (tenant, session id) a refresh token names, or INVALID_ARGUMENT on `refresh_token`.
+fn refresh_target(token: &str) -> Result<(String, &str, &str), AuthError> {
+    let parsed = parse_refresh_token(token).ok_or_else(|| AuthError::InvalidArgument {
+        field: "refresh_token".into(),
+        reason: "is malformed".into(),
+    })?;
+    keys::validate_id("refresh_token", &parsed.0, true)?;
+    Ok(parsed)
+}
+
+impl<S: AuthStore + RateLimitStore> Authenticator<S> {
+    pub(super) async fn open_session(
+        &self,
+        user: &UserRecord,
+        client_ip: &str,
+    ) -> Result<Tokens, AuthError> {
+        let now = unix_now();
+        let secret = Zeroizing::new(random_token(32)?);
+        let session = Session {
+            session_id: random_token(16)?,
+            tenant_id: user.tenant_id.clone(),
+            user_id: user.user_id.clone(),
+            refresh_hash: sha256_hex(&secret),
+            created_at_unix: now,
+            last_used_unix: now,
+            idle_expires_unix: now + self.settings.session_idle.as_secs(),
+            absolute_expires_unix: now + self.settings.session_lifetime.as_secs(),
+            client_ip: client_ip.to_owned(),
+        };
+        if !self.store.create_session(&session).await? {
+            // 128 random bits collided: treat as a bug rather than retry silently.
+            return Err(AuthError::Internal);
+        }
+        self.tokens_for(user, &session, &secret)
+    }
+
+    fn tokens_for(
+        &self,
+        user: &UserRecord,
+        session: &Session,
+        secret: &str,
+    ) -> Result<Tokens, AuthError> {
+        let scopes = if user.must_change_password {
+            vec![PASSWORD_CHANGE_SCOPE.to_owned()]
+        } else {
+            vec![API_SCOPE.to_owned()]
+        };
+        // An access token never outlives its session.
+        let left = session.expires_unix().saturating_sub(unix_now());
+        let ttl = self
+            .settings
+            .access_ttl
+            .min(Duration::from_secs(left.max(1)));
+        let issued = self
+            .keys
+            .current()
+            .issue(
+                &IssueRequest {
+                    user_id: user.user_id.clone(),
+                    tenant_id: user.tenant_id.clone(),
+                    session_id: session.session_id.clone(),
+                    roles: user.roles.clone(),
+                    scopes,
+                },
+                &IssueSettings {
+                    issuer: &self.settings.issuer,
+                    audience: &self.settings.audience,
+                    ttl,
+                    now: SystemTime::now(),
+                },
+            )
+            .map_err(|e| {
+                tracing::error!(reason = e.reason(), "cannot issue an access token");
+                AuthError::Internal
+            })?;
+        Ok(Tokens {
+            access_token: issued.token,
+            refresh_token: refresh_token(&user.tenant_id, &session.session_id, secret),
+            expires_in: ttl,
+            password_change_required: user.must_change_password,
+            user_id: user.user_id.clone(),
+            session_id: session.session_id.clone(),
+        })
+    }
+
+    /// Verifies an access token: signature, lifetime, issuer, audience, type, the expected
+    /// tenant when given, and that its session was not revoked (as of the last feed poll).
+    pub fn verify(&self, token: &str, tenant: Option<&str>) -> Result<AccessClaims, AuthError> {
+        self.verify_keyed(token, tenant).map(|(claims, _)| claims)
+    }
+
+    /// [`verify`](Self::verify), also returning the kid of the key that verified the token.
+    pub fn verify_keyed(
+        &self,
+        token: &str,
+        tenant: Option<&str>,
+    ) -> Result<(AccessClaims, String), AuthError> {
+        let verified = self.verify_unrecorded(token, tenant);
+        let outcome = match &verified {
+            Ok(_) => "valid",
+            Err(AuthError::InvalidToken(problem)) => problem.reason(),
+            Err(AuthError::SessionEnded) => "revoked",
+            Err(_) => "error",
+        };
+        metrics::counter!(TOKEN_VERIFICATIONS, "outcome" => outcome).increment(1);
+        verified
+    }
+
+    fn verify_unrecorded(
+        &self,
+        token: &str,
+        tenant: Option<&str>,
+    ) -> Result<(AccessClaims, String), AuthError> {
+        let ring = self.keys.current();
+        let (claims, key) = ring
+            .verify_keyed(
+                token,
+                &VerifyExpectations {
+                    issuer: &self.settings.issuer,
+                    audience: &self.settings.audience,
+                    leeway: LEEWAY,
+                    now: SystemTime::now(),
+                },
+            )
+            .map_err(AuthError::InvalidToken)?;
+        if tenant.is_some_and(|t| t != claims.tid) {
+            return Err(AuthError::InvalidToken(TokenError::WrongAudience));
+        }
+        let revoked = self
+            .revocations
+            .revoked
+            .get(claims.sid.as_str())
+            .is_some_and(|entry| entry.0 == claims.tid);
+        if revoked {
+            return Err(AuthError::SessionEnded);
+        }
+        Ok((claims, key.kid().to_owned()))
+    }
+
+    /// Reads new revocations from the store's feed; every replica calls this often (the
+    /// interval bounds how long a revoked session's access tokens keep verifying elsewhere).
+    pub async fn poll_revocations(&self) -> Result<usize, AuthError> {
+        let mut cursor = self.revocations.cursor.lock().await;
+        let (revoked, next) = self.store.revocations_since(cursor.as_deref()).await?;
+        // Remembered until every token the session could still hold has expired.
+        let forget_after = unix_now() + self.settings.access_ttl.as_secs() + LEEWAY.as_secs();
+        let count = revoked.len();
+        for (tenant, sid) in revoked {
+            self.revocations.revoked.insert(sid, (tenant, forget_after));
+        }
+        *cursor = Some(next);
+        let now = unix_now();
+        self.revocations
+            .revoked
+            .retain(|_, (_, until)| *until > now);
+        Ok(count)
+    }
+
+    /// Polls the revocation feed every `every` until `stop` resolves, draining full batches
+    /// at once; a store outage is logged when it starts and when it ends.
+    pub async fn poll_revocations_every(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        let messages = OutageMessages {
+            failing: "cannot read the revocation feed; sessions revoked through other \
+                      replicas may verify here until it recovers",
+            recovered: "revocation feed reachable again",
+        };
+        run_every(Duration::ZERO, every, stop, messages, || async {
+            while self.poll_revocations().await? >= REVOCATIONS_BATCH {}
+            Ok::<(), AuthError>(())
+        })
+        .await;
+    }
+
+    /// Exchanges a refresh token for new tokens; the refresh token rotates. Presenting an
+    /// earlier one again ends the whole session (it was stolen or replayed). Audited as
+    /// `refresh`.
+    pub async fn refresh(&self, token: &str, ctx: &CallContext) -> Result<Tokens, AuthError> {
+        let tenant = parse_refresh_token(token).map(|t| t.0).unwrap_or_default();
+        self.audited(ctx, &tenant, "refresh", async |audit| {
+            let (tenant, sid, secret) = refresh_target(token)?;
+            let new_secret = Zeroizing::new(random_token(32)?);
+            let outcome = self
+                .store
+                .rotate_refresh(
+                    &tenant,
+                    sid,
+                    &sha256_hex(secret),
+                    &sha256_hex(&new_secret),
+                    unix_now(),
+                    self.settings.session_idle,
+                )
+                .await?;
+            let session = match outcome {
+                RotateOutcome::Rotated(session) => session,
+                RotateOutcome::Reused => return Err(AuthError::RefreshTokenReused),
+                RotateOutcome::NotFound => return Err(AuthError::SessionEnded),
+            };
+            audit.user(&session.user_id);
+            let user = self
+                .store
+                .get_user(&tenant, &session.user_id)
+                .await?
+                .ok_or(AuthError::SessionEnded)?;
+            self.tokens_for(&user, &session, &new_secret)
+        })
+        .await
+    }
+
+    /// Ends the session named by either token; false when it had already ended. Audited as
+    /// `logout`.
+    pub async fn logout(
+        &self,
+        refresh_token: Option<&str>,
+        access_token: Option<&str>,
+        ctx: &CallContext,
+    ) -> Result<bool, AuthError> {
+        let target = match (refresh_token, access_token) {
+            (Some(r), _) => {
+                refresh_target(r).map(|(tenant, sid, _)| (tenant, sid.to_owned(), None))
+            }
+            (None, Some(a)) => self
+                .verify(a, None)
+                .map(|claims| (claims.tid, claims.sid, Some(claims.sub))),
+            (None, None) => Err(AuthError::InvalidArgument {
+                field: "refresh_token".into(),
+                reason: "or access_token is required".into(),
+            }),
+        };
+        let tenant = target.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        self.audited(ctx, &tenant, "logout", async |audit| {
+            let (tenant, sid, user) = target?;
+            if let Some(user) = &user {
+                audit.user(user);
+            }
+            let revoked = self.store.revoke_session(&tenant, &sid).await?;
+            if !revoked {
+                audit.outcome = Some("not_found");
+            }
+            Ok(revoked)
+        })
+        .await
+    }
+
+    /// Changes the caller's password: needs the current one, applies the tenant's policy,
+    /// refuses the same password, clears the must-change flag and ends the user's other
+    /// sessions. Returns the number of sessions ended. Audited as `password.change`.
+    pub async fn change_password(
+        &self,
+        access_token: &str,
+        current: &Secret,
+        new: &Secret,
+        ctx: &CallContext,
+    ) -> Result<u32, AuthError> {
+        let claims = self.verify(access_token, None);
+        let tenant = claims.as_ref().map(|c| c.tid.clone()).unwrap_or_default();
+        self.audited(ctx, &tenant, "password.change", async |audit| {
+            let claims = claims?;
+            audit.user(&claims.sub);
+            if !claims.has_scope(PASSWORD_CHANGE_SCOPE) && !claims.has_scope(API_SCOPE) {
+                return Err(AuthError::InsufficientScope);
+            }
+            let mut user = self
+                .store
+                .get_user(&claims.tid, &claims.sub)
+                .await?
+                .ok_or(AuthError::SessionEnded)?;
+            let subject = self.subject(&user.tenant_id, &user.username).await?;
+            audit.event.username_hash = subject.clone();
+            // Guesses of the current password count towards the lockout like login guesses,
+            // so a stolen access token cannot be used to brute-force it.
+            self.verify_counted(&claims.tid, &subject, current, Some(&user), audit)
+                .await?;
+            if current.expose() == new.expose() {
+                return Err(AuthError::PasswordReused);
+            }
+            user.password_hash = self
+                .hasher
+                .hash_new(
+                    self.settings.policy_for(&claims.tid),
+                    new,
+                    &[&user.username, &claims.tid],
+                )
+                .await
+                .map_err(|e| AuthError::new_password("new_password", e))?;
+            user.must_change_password = false;
+            if !self.store.update_user(&user).await? {
+                return Err(AuthError::SessionEnded);
+            }
+            Ok(self
+                .store
+                .revoke_user_sessions(&claims.tid, &claims.sub, Some(&claims.sid))
+                .await?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_tokens_parse_back_and_reject_garbage() {
+        let t = refresh_token("acme}:{x", "sid1", &"s".repeat(43));
+        let (tenant, sid, secret) = parse_refresh_token(&t).unwrap();
+        assert_eq!(
+            (tenant.as_str(), sid, secret.len()),
+            ("acme}:{x", "sid1", 43)
+        );
+        for bad in [
+            "",
+            "a.b",
+            "!!.sid.ssssssssssssssssssssssssssssssssssssssssss",
+            "YWNtZQ..x",
+            "YWNtZQ.sid.short",
+        ] {
+            assert!(parse_refresh_token(bad).is_none(), "{bad}");
+        }
+    }
+}
