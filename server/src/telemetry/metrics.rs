@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::auth::tokens::{Key, KeyRing, KeyState};
 use crate::store::StoreError;
 
 /// gRPC calls by `method` (`/package.Service/Method`, or `other`) and `code`.
@@ -96,26 +95,6 @@ pub fn store_call<T>(op: &'static str, started: Instant, result: &Result<T, Stor
             "permanent"
         };
         metrics::counter!(STORE_ERRORS, "op" => op, "kind" => kind).increment(1);
-    }
-}
-
-/// Publishes the keys of `ring` as 1 and those only in `previous` as 0.
-pub fn key_ring(ring: &KeyRing, previous: Option<&KeyRing>) {
-    let state = |k: &Key| match k.state() {
-        KeyState::Active => "active",
-        KeyState::VerifyOnly => "verify",
-    };
-    if let Some(previous) = previous {
-        for key in previous.keys() {
-            metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
-                "algorithm" => key.algorithm().as_str(), "state" => state(key))
-            .set(0.0);
-        }
-    }
-    for key in ring.keys() {
-        metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
-            "algorithm" => key.algorithm().as_str(), "state" => state(key))
-        .set(1.0);
     }
 }
 

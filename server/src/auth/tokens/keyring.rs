@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::secret_files;
+use crate::telemetry::metrics::JWT_KEYS;
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for at least the hash size (256 bits).
 pub const MIN_HS256_SECRET_LEN: usize = 32;
@@ -786,7 +787,7 @@ impl ReloadingKeyRing {
         let path = path.into();
         let mut reader = StampingReader::default();
         let ring = load_key_set(&path, &mut reader)?;
-        crate::telemetry::metrics::key_ring(&ring, None);
+        publish_key_gauges(&ring, None);
         Ok(Self {
             ring: ArcSwap::from_pointee(ring),
             path: Some(path),
@@ -797,7 +798,7 @@ impl ReloadingKeyRing {
     /// A ring that never changes (keys from the environment, or ephemeral).
     pub fn fixed(ring: impl Into<Arc<KeyRing>>) -> Self {
         let ring = ring.into();
-        crate::telemetry::metrics::key_ring(&ring, None);
+        publish_key_gauges(&ring, None);
         Self {
             ring: ArcSwap::new(ring),
             path: None,
@@ -832,7 +833,7 @@ impl ReloadingKeyRing {
         let result = load_key_set(path, &mut reader);
         *seen = reader.stamps;
         let ring = result?;
-        crate::telemetry::metrics::key_ring(&ring, Some(&self.ring.load()));
+        publish_key_gauges(&ring, Some(&self.ring.load()));
         self.ring.store(Arc::new(ring));
         Ok(true)
     }
@@ -858,5 +859,25 @@ impl ReloadingKeyRing {
             Err(error) => tracing::error!(%error, "JWT key set reload task failed"),
         };
         crate::periodic::poll_blocking(every, stop, check, report).await;
+    }
+}
+
+/// Publishes the keys of `ring` as 1 and those only in `previous` as 0 (the [`JWT_KEYS`] gauge).
+fn publish_key_gauges(ring: &KeyRing, previous: Option<&KeyRing>) {
+    let state = |k: &Key| match k.state() {
+        KeyState::Active => "active",
+        KeyState::VerifyOnly => "verify",
+    };
+    if let Some(previous) = previous {
+        for key in previous.keys() {
+            metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
+                "algorithm" => key.algorithm().as_str(), "state" => state(key))
+            .set(0.0);
+        }
+    }
+    for key in ring.keys() {
+        metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
+            "algorithm" => key.algorithm().as_str(), "state" => state(key))
+        .set(1.0);
     }
 }
