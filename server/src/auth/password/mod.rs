@@ -21,6 +21,7 @@
 //! [`PasswordHasher::hash`] when [`Verified::needs_rehash`] is set.
 
 mod hasher;
+mod params;
 mod policy;
 
 use std::fmt;
@@ -28,9 +29,12 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 pub use hasher::{
-    Argon2Params, DEFAULT_QUEUE_TIMEOUT, HashError, HashPermit, HasherConfigError,
-    MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB, MAX_STORED_PARALLELISM, NewPasswordError,
-    PasswordHasher, Verified, default_permits,
+    DEFAULT_QUEUE_TIMEOUT, HashError, HashPermit, NewPasswordError, PasswordHasher, Verified,
+    default_permits,
+};
+pub use params::{
+    Argon2Params, HasherConfigError, MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB,
+    MAX_STORED_PARALLELISM,
 };
 pub use policy::{
     GUIDE_SPECIALS, MAX_PASSWORD_CHARS, PasswordPolicy, PolicyRule, PolicyViolation,
