@@ -1,4 +1,4 @@
-//! Argon2id hashing and verification behind a bounded queue, with caps on stored parameters.
+//! Argon2id hashing and verification behind a bounded queue of permits on low-priority threads.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,19 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::params::OUTPUT_LEN;
+use super::phc::{ARGON2_V13, Inspected, inspect_stored, make_dummy_phc};
 use super::policy::{PasswordPolicy, PolicyViolation, check_not_common};
-use super::{
-    Argon2Params, HasherConfigError, MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB,
-    MAX_STORED_PARALLELISM, Secret,
-};
+use super::{Argon2Params, HasherConfigError, Secret};
 use crate::telemetry::metrics::{ARGON2_QUEUE_DEPTH, ARGON2_REJECTIONS};
-
-/// Salt length we produce, in bytes.
-const SALT_LEN: usize = 16;
-/// Longest stored string we even try to parse (a real argon2id PHC string is under 120 bytes).
-const MAX_PHC_LEN: usize = 256;
-/// The PHC version number of Argon2 1.3 (the only one we produce).
-const ARGON2_V13: u32 = 0x13;
 
 // ---------------------------------------------------------------------------------------------
 // Errors and results
@@ -76,108 +67,6 @@ pub struct Verified {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stored-hash inspection (runs before any permit is taken)
-// ---------------------------------------------------------------------------------------------
-
-/// A stored hash that passed every cap, ready to be evaluated.
-#[derive(Debug)]
-struct Inspected {
-    hash: PasswordHash,
-    version: Version,
-    params: argon2::Params,
-    differs_from_config: bool,
-}
-
-/// Parses `phc` and applies the caps without doing any Argon2 work.
-fn inspect_stored(phc: &str, configured: &Argon2Params) -> Result<Inspected, HashError> {
-    let untrusted = |why: &str| HashError::UntrustedHash(why.to_owned());
-    if phc.len() > MAX_PHC_LEN {
-        return Err(untrusted(
-            "stored hash is too long to be an argon2id PHC string",
-        ));
-    }
-    let hash = PasswordHash::new(phc)
-        .map_err(|e| HashError::UntrustedHash(format!("not a PHC string: {e}")))?;
-    if hash.algorithm.as_str() != "argon2id" {
-        return Err(untrusted("stored hash algorithm is not argon2id"));
-    }
-    // An absent version means 1.0 to the reference implementation but 1.3 to the `argon2`
-    // crate; refuse the ambiguity rather than guess.
-    let version = match hash.version {
-        Some(v) => Version::try_from(v).map_err(|_| untrusted("unknown argon2 version"))?,
-        None => return Err(untrusted("stored hash has no argon2 version")),
-    };
-    // Without explicit m, t and p the crate would fill in its own defaults.
-    let (Some(m), Some(t), Some(p)) = (
-        hash.params.get_decimal("m"),
-        hash.params.get_decimal("t"),
-        hash.params.get_decimal("p"),
-    ) else {
-        return Err(untrusted("stored hash lacks m, t or p"));
-    };
-    if m > MAX_STORED_MEMORY_KIB {
-        return Err(untrusted("stored hash memory cost exceeds the cap"));
-    }
-    if t > MAX_STORED_ITERATIONS {
-        return Err(untrusted("stored hash iteration count exceeds the cap"));
-    }
-    if p > MAX_STORED_PARALLELISM {
-        return Err(untrusted("stored hash parallelism exceeds the cap"));
-    }
-    let (Some(salt), Some(output)) = (&hash.salt, &hash.hash) else {
-        return Err(untrusted("stored hash lacks a salt or an output"));
-    };
-    // Also validates m >= 8p, rejects unknown parameter names, and takes the output length.
-    let params = argon2::Params::try_from(&hash)
-        .map_err(|e| HashError::UntrustedHash(format!("invalid argon2 parameters: {e}")))?;
-    let differs_from_config = m != configured.memory_kib
-        || t != configured.iterations
-        || p != configured.parallelism
-        || version != Version::V0x13
-        || output.len() != OUTPUT_LEN
-        || salt.as_ref().len() < SALT_LEN
-        || !params.keyid().is_empty()
-        || !params.data().is_empty();
-    Ok(Inspected {
-        hash,
-        version,
-        params,
-        differs_from_config,
-    })
-}
-
-/// Builds a PHC string with the configured parameters, a random salt and a random output. No
-/// password hashes to it (a 2^-256 chance), and evaluating it costs exactly what a real record
-/// with the configured parameters costs, which is all [`PasswordHasher::verify_dummy`] needs.
-/// Building it takes no Argon2 work, so construction never blocks.
-fn make_dummy_phc(params: &Argon2Params) -> Result<String, HasherConfigError> {
-    let internal =
-        |what: &str| HasherConfigError(format!("could not build the dummy hash: {what}"));
-    let argon = params.to_argon2()?;
-    let salt_bytes =
-        argon2::password_hash::try_generate_salt().map_err(|_| internal("OS RNG failed"))?;
-    let (first, second) = (
-        argon2::password_hash::try_generate_salt().map_err(|_| internal("OS RNG failed"))?,
-        argon2::password_hash::try_generate_salt().map_err(|_| internal("OS RNG failed"))?,
-    );
-    let mut output_bytes = [0u8; OUTPUT_LEN];
-    for (dst, src) in output_bytes
-        .iter_mut()
-        .zip(first.iter().chain(second.iter()))
-    {
-        *dst = *src;
-    }
-    let dummy = PasswordHash {
-        algorithm: argon2::ARGON2ID_IDENT,
-        version: Some(ARGON2_V13),
-        params: ParamsString::try_from(&argon).map_err(|_| internal("params"))?,
-        salt: Some(Salt::new(&salt_bytes).map_err(|_| internal("salt"))?),
-        hash: Some(Output::new(&output_bytes).map_err(|_| internal("output"))?),
-    };
-    Ok(dummy.to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
 // The bounded hasher
 // ---------------------------------------------------------------------------------------------
 
@@ -209,6 +98,8 @@ pub fn default_permits() -> usize {
 /// hash still finishes before its permit (and memory) is released.
 ///
 /// Share one instance (e.g. in an `Arc`) across the server.
+///
+/// [`MAX_STORED_MEMORY_KIB`]: super::MAX_STORED_MEMORY_KIB
 pub struct PasswordHasher {
     params: Argon2Params,
     argon2_params: argon2::Params,
@@ -383,6 +274,10 @@ impl PasswordHasher {
     /// Argon2id, or one whose m/t/p exceed [`MAX_STORED_MEMORY_KIB`] /
     /// [`MAX_STORED_ITERATIONS`] / [`MAX_STORED_PARALLELISM`] is refused as
     /// [`HashError::UntrustedHash`] and never evaluated.
+    ///
+    /// [`MAX_STORED_MEMORY_KIB`]: super::MAX_STORED_MEMORY_KIB
+    /// [`MAX_STORED_ITERATIONS`]: super::MAX_STORED_ITERATIONS
+    /// [`MAX_STORED_PARALLELISM`]: super::MAX_STORED_PARALLELISM
     pub async fn verify(&self, password: &Secret, phc: &str) -> Result<Verified, HashError> {
         let inspected = inspect_stored(phc, &self.params)?;
         let permit = self.acquire().await?;
@@ -555,6 +450,8 @@ impl BlockPool {
     /// suffices (the usual case), else a one-off buffer for a larger legacy record (capped by
     /// [`MAX_STORED_MEMORY_KIB`]). The buffer is wiped afterwards: it holds values derived
     /// from the password.
+    ///
+    /// [`MAX_STORED_MEMORY_KIB`]: super::MAX_STORED_MEMORY_KIB
     fn with_blocks<T>(&self, needed: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
         if needed > self.blocks {
             let mut one_off = vec![Block::default(); needed].into_boxed_slice();
@@ -626,6 +523,7 @@ fn evaluate(inspected: &Inspected, pwd: &[u8], pool: &BlockPool) -> Result<Verif
 
 #[cfg(test)]
 mod tests {
+    use super::super::phc::record;
     use super::super::policy::PolicyRule;
     use super::*;
 
@@ -789,13 +687,6 @@ mod tests {
         );
     }
 
-    /// A syntactically valid record with the given algorithm and parameter string.
-    fn record(alg: &str, params: &str) -> String {
-        format!(
-            "${alg}$v=19${params}$c2FsdHNhbHRzYWx0c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-        )
-    }
-
     #[tokio::test]
     async fn over_cap_and_foreign_records_are_refused_without_evaluation() {
         // Every permit is held and the queue timeout is long: if a refused record went anywhere
@@ -834,24 +725,6 @@ mod tests {
         assert_eq!(h.queue_depth(), 0);
         // Not a timing assertion of the cap itself, only that nothing waited for the permit.
         assert!(started.elapsed() < Duration::from_secs(30));
-    }
-
-    #[test]
-    fn caps_are_checked_before_parameters_are_built() {
-        let cfg = Argon2Params::default();
-        let at_cap = record("argon2id", "m=262144,t=10,p=16");
-        let inspected = inspect_stored(&at_cap, &cfg).unwrap();
-        assert!(inspected.differs_from_config);
-        let current = record("argon2id", "m=65536,t=3,p=4");
-        // The dummy output above is 32 bytes and the salt 16, so only the params could differ.
-        assert!(!inspect_stored(&current, &cfg).unwrap().differs_from_config);
-        let v16 = record("argon2id", "m=65536,t=3,p=4").replace("v=19", "v=16");
-        assert!(inspect_stored(&v16, &cfg).unwrap().differs_from_config);
-        let v99 = record("argon2id", "m=65536,t=3,p=4").replace("v=19", "v=99");
-        assert!(matches!(
-            inspect_stored(&v99, &cfg),
-            Err(HashError::UntrustedHash(_))
-        ));
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@
 //!   then told to retry, and the work runs on Tokio's blocking pool so async workers stay free
 //!   for health checks and token verification. Stored hashes are untrusted input: a record whose
 //!   cost exceeds fixed caps is refused *before* any work is done, so a tampered row cannot make
-//!   one login take minutes or gigabytes.
+//!   one login take minutes or gigabytes. The cost settings ([`Argon2Params`]) and the caps are
+//!   in `params.rs`; reading a stored record and the dummy record for unknown users, in `phc.rs`.
 //! - [`Secret`] (here): a password in memory, zeroed on drop and never printed.
 //!
 //! Typical use: registration and password change call [`PasswordHasher::hash_new`] (policy and
@@ -22,6 +23,7 @@
 
 mod hasher;
 mod params;
+mod phc;
 mod policy;
 
 use std::fmt;
