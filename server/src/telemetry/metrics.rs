@@ -8,8 +8,6 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::auth::tokens::{Key, KeyRing, KeyState};
-
 /// gRPC calls by `method` (`/package.Service/Method`, or `other`) and `code`.
 pub const RPC_REQUESTS: &str = "portcullis_rpc_requests_total";
 /// gRPC call latency by `method`, seconds.
@@ -82,26 +80,6 @@ fn describe() {
     metrics::describe_gauge!(JWT_KEYS, "JWT keys in force (1) or removed (0)");
     metrics::describe_counter!(TLS_HANDSHAKES, "TLS handshakes on the gRPC port by outcome");
     metrics::describe_counter!(TLS_RELOADS, "Certificate reloads by outcome");
-}
-
-/// Publishes the keys of `ring` as 1 and those only in `previous` as 0.
-pub fn key_ring(ring: &KeyRing, previous: Option<&KeyRing>) {
-    let state = |k: &Key| match k.state() {
-        KeyState::Active => "active",
-        KeyState::VerifyOnly => "verify",
-    };
-    if let Some(previous) = previous {
-        for key in previous.keys() {
-            metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
-                "algorithm" => key.algorithm().as_str(), "state" => state(key))
-            .set(0.0);
-        }
-    }
-    for key in ring.keys() {
-        metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
-            "algorithm" => key.algorithm().as_str(), "state" => state(key))
-        .set(1.0);
-    }
 }
 
 /// The canonical name of a gRPC status code, as Prometheus label value.

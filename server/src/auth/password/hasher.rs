@@ -1,4 +1,4 @@
-//! Argon2id hashing and verification behind a bounded queue, with caps on stored parameters.
+//! Argon2id hashing and verification behind a bounded queue of permits on low-priority threads.
 
 use std::fmt;
 use std::sync::Arc;
@@ -7,145 +7,15 @@ use std::time::{Duration, Instant};
 
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Version};
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::{Zeroize, Zeroizing};
 
-use super::Secret;
+use super::params::OUTPUT_LEN;
+use super::phc::{ARGON2_V13, Inspected, inspect_stored, make_dummy_phc};
 use super::policy::{PasswordPolicy, PolicyViolation, check_not_common};
+use super::{Argon2Params, HasherConfigError, Secret};
 use crate::telemetry::metrics::{ARGON2_QUEUE_DEPTH, ARGON2_REJECTIONS};
-
-/// Largest memory cost (KiB) of a stored hash we agree to evaluate: 256 MiB.
-pub const MAX_STORED_MEMORY_KIB: u32 = 262_144;
-/// Largest iteration count of a stored hash we agree to evaluate.
-pub const MAX_STORED_ITERATIONS: u32 = 10;
-/// Largest parallelism (lanes) of a stored hash we agree to evaluate.
-pub const MAX_STORED_PARALLELISM: u32 = 16;
-/// Hash output length we produce, in bytes (the PHC/argon2 default).
-const OUTPUT_LEN: usize = 32;
-/// Salt length we produce, in bytes.
-const SALT_LEN: usize = 16;
-/// Longest stored string we even try to parse (a real argon2id PHC string is under 120 bytes).
-const MAX_PHC_LEN: usize = 256;
-/// The PHC version number of Argon2 1.3 (the only one we produce).
-const ARGON2_V13: u32 = 0x13;
-
-/// Argon2id cost settings. The defaults are the platform guide's (64 MiB, 3 passes, 4 lanes),
-/// not the `argon2` crate's lighter 19 MiB / t=2 / p=1.
-///
-/// Validated on deserialisation and again by [`PasswordHasher::new`]: each value must be at
-/// least Argon2's minimum and at most the caps applied to stored hashes
-/// ([`MAX_STORED_MEMORY_KIB`] and friends), otherwise this server would write hashes it refuses
-/// to read back. The floor is Argon2's own (8 KiB per lane) so tests can run cheaply; a
-/// production configuration below OWASP's minimum (19 MiB, t=2) deserves a startup warning.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(try_from = "RawArgon2Params")]
-pub struct Argon2Params {
-    /// Memory cost in KiB (`m`); each hash in flight holds this much.
-    pub memory_kib: u32,
-    /// Number of passes (`t`).
-    pub iterations: u32,
-    /// Number of lanes (`p`). The `argon2` crate computes lanes one after another on the
-    /// calling thread (its `parallel` feature is off), so this raises cost, not thread use.
-    pub parallelism: u32,
-}
-
-impl Default for Argon2Params {
-    fn default() -> Self {
-        Self {
-            memory_kib: 65_536,
-            iterations: 3,
-            parallelism: 4,
-        }
-    }
-}
-
-/// The serde shape of [`Argon2Params`] before validation; missing fields take the defaults.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawArgon2Params {
-    memory_kib: u32,
-    iterations: u32,
-    parallelism: u32,
-}
-
-impl Default for RawArgon2Params {
-    fn default() -> Self {
-        let d = Argon2Params::default();
-        Self {
-            memory_kib: d.memory_kib,
-            iterations: d.iterations,
-            parallelism: d.parallelism,
-        }
-    }
-}
-
-impl TryFrom<RawArgon2Params> for Argon2Params {
-    type Error = HasherConfigError;
-
-    fn try_from(raw: RawArgon2Params) -> Result<Self, Self::Error> {
-        Self::new(raw.memory_kib, raw.iterations, raw.parallelism)
-    }
-}
-
-impl Argon2Params {
-    /// Validated constructor.
-    pub fn new(
-        memory_kib: u32,
-        iterations: u32,
-        parallelism: u32,
-    ) -> Result<Self, HasherConfigError> {
-        let params = Self {
-            memory_kib,
-            iterations,
-            parallelism,
-        };
-        params.validate()?;
-        Ok(params)
-    }
-
-    /// Checks the ranges described on the type.
-    pub fn validate(&self) -> Result<(), HasherConfigError> {
-        let bad = |what: String| Err(HasherConfigError(what));
-        if self.parallelism == 0 || self.parallelism > MAX_STORED_PARALLELISM {
-            return bad(format!(
-                "argon2 parallelism must be 1..={MAX_STORED_PARALLELISM}, got {}",
-                self.parallelism
-            ));
-        }
-        if self.iterations == 0 || self.iterations > MAX_STORED_ITERATIONS {
-            return bad(format!(
-                "argon2 iterations must be 1..={MAX_STORED_ITERATIONS}, got {}",
-                self.iterations
-            ));
-        }
-        // Argon2 needs at least 8 KiB per lane.
-        let min_memory = 8 * self.parallelism;
-        if self.memory_kib < min_memory || self.memory_kib > MAX_STORED_MEMORY_KIB {
-            return bad(format!(
-                "argon2 memory_kib must be {min_memory}..={MAX_STORED_MEMORY_KIB} (8 KiB per lane), got {}",
-                self.memory_kib
-            ));
-        }
-        self.to_argon2().map(drop)
-    }
-
-    fn to_argon2(self) -> Result<argon2::Params, HasherConfigError> {
-        argon2::Params::new(
-            self.memory_kib,
-            self.iterations,
-            self.parallelism,
-            Some(OUTPUT_LEN),
-        )
-        .map_err(|e| HasherConfigError(format!("argon2 parameters rejected: {e}")))
-    }
-}
-
-/// A bad hasher setting (parameters, permits or queue timeout); a configuration error at start.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid password hashing settings: {0}")]
-pub struct HasherConfigError(String);
 
 // ---------------------------------------------------------------------------------------------
 // Errors and results
@@ -197,108 +67,6 @@ pub struct Verified {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stored-hash inspection (runs before any permit is taken)
-// ---------------------------------------------------------------------------------------------
-
-/// A stored hash that passed every cap, ready to be evaluated.
-#[derive(Debug)]
-struct Inspected {
-    hash: PasswordHash,
-    version: Version,
-    params: argon2::Params,
-    differs_from_config: bool,
-}
-
-/// Parses `phc` and applies the caps without doing any Argon2 work.
-fn inspect_stored(phc: &str, configured: &Argon2Params) -> Result<Inspected, HashError> {
-    let untrusted = |why: &str| HashError::UntrustedHash(why.to_owned());
-    if phc.len() > MAX_PHC_LEN {
-        return Err(untrusted(
-            "stored hash is too long to be an argon2id PHC string",
-        ));
-    }
-    let hash = PasswordHash::new(phc)
-        .map_err(|e| HashError::UntrustedHash(format!("not a PHC string: {e}")))?;
-    if hash.algorithm.as_str() != "argon2id" {
-        return Err(untrusted("stored hash algorithm is not argon2id"));
-    }
-    // An absent version means 1.0 to the reference implementation but 1.3 to the `argon2`
-    // crate; refuse the ambiguity rather than guess.
-    let version = match hash.version {
-        Some(v) => Version::try_from(v).map_err(|_| untrusted("unknown argon2 version"))?,
-        None => return Err(untrusted("stored hash has no argon2 version")),
-    };
-    // Without explicit m, t and p the crate would fill in its own defaults.
-    let (Some(m), Some(t), Some(p)) = (
-        hash.params.get_decimal("m"),
-        hash.params.get_decimal("t"),
-        hash.params.get_decimal("p"),
-    ) else {
-        return Err(untrusted("stored hash lacks m, t or p"));
-    };
-    if m > MAX_STORED_MEMORY_KIB {
-        return Err(untrusted("stored hash memory cost exceeds the cap"));
-    }
-    if t > MAX_STORED_ITERATIONS {
-        return Err(untrusted("stored hash iteration count exceeds the cap"));
-    }
-    if p > MAX_STORED_PARALLELISM {
-        return Err(untrusted("stored hash parallelism exceeds the cap"));
-    }
-    let (Some(salt), Some(output)) = (&hash.salt, &hash.hash) else {
-        return Err(untrusted("stored hash lacks a salt or an output"));
-    };
-    // Also validates m >= 8p, rejects unknown parameter names, and takes the output length.
-    let params = argon2::Params::try_from(&hash)
-        .map_err(|e| HashError::UntrustedHash(format!("invalid argon2 parameters: {e}")))?;
-    let differs_from_config = m != configured.memory_kib
-        || t != configured.iterations
-        || p != configured.parallelism
-        || version != Version::V0x13
-        || output.len() != OUTPUT_LEN
-        || salt.as_ref().len() < SALT_LEN
-        || !params.keyid().is_empty()
-        || !params.data().is_empty();
-    Ok(Inspected {
-        hash,
-        version,
-        params,
-        differs_from_config,
-    })
-}
-
-/// Builds a PHC string with the configured parameters, a random salt and a random output. No
-/// password hashes to it (a 2^-256 chance), and evaluating it costs exactly what a real record
-/// with the configured parameters costs, which is all [`PasswordHasher::verify_dummy`] needs.
-/// Building it takes no Argon2 work, so construction never blocks.
-fn make_dummy_phc(params: &Argon2Params) -> Result<String, HasherConfigError> {
-    let internal =
-        |what: &str| HasherConfigError(format!("could not build the dummy hash: {what}"));
-    let argon = params.to_argon2()?;
-    let salt_bytes =
-        argon2::password_hash::try_generate_salt().map_err(|_| internal("OS RNG failed"))?;
-    let (first, second) = (
-        argon2::password_hash::try_generate_salt().map_err(|_| internal("OS RNG failed"))?,
-        argon2::password_hash::try_generate_salt().map_err(|_| internal("OS RNG failed"))?,
-    );
-    let mut output_bytes = [0u8; OUTPUT_LEN];
-    for (dst, src) in output_bytes
-        .iter_mut()
-        .zip(first.iter().chain(second.iter()))
-    {
-        *dst = *src;
-    }
-    let dummy = PasswordHash {
-        algorithm: argon2::ARGON2ID_IDENT,
-        version: Some(ARGON2_V13),
-        params: ParamsString::try_from(&argon).map_err(|_| internal("params"))?,
-        salt: Some(Salt::new(&salt_bytes).map_err(|_| internal("salt"))?),
-        hash: Some(Output::new(&output_bytes).map_err(|_| internal("output"))?),
-    };
-    Ok(dummy.to_string())
-}
-
-// ---------------------------------------------------------------------------------------------
 // The bounded hasher
 // ---------------------------------------------------------------------------------------------
 
@@ -330,6 +98,8 @@ pub fn default_permits() -> usize {
 /// hash still finishes before its permit (and memory) is released.
 ///
 /// Share one instance (e.g. in an `Arc`) across the server.
+///
+/// [`MAX_STORED_MEMORY_KIB`]: super::MAX_STORED_MEMORY_KIB
 pub struct PasswordHasher {
     params: Argon2Params,
     argon2_params: argon2::Params,
@@ -504,6 +274,10 @@ impl PasswordHasher {
     /// Argon2id, or one whose m/t/p exceed [`MAX_STORED_MEMORY_KIB`] /
     /// [`MAX_STORED_ITERATIONS`] / [`MAX_STORED_PARALLELISM`] is refused as
     /// [`HashError::UntrustedHash`] and never evaluated.
+    ///
+    /// [`MAX_STORED_MEMORY_KIB`]: super::MAX_STORED_MEMORY_KIB
+    /// [`MAX_STORED_ITERATIONS`]: super::MAX_STORED_ITERATIONS
+    /// [`MAX_STORED_PARALLELISM`]: super::MAX_STORED_PARALLELISM
     pub async fn verify(&self, password: &Secret, phc: &str) -> Result<Verified, HashError> {
         let inspected = inspect_stored(phc, &self.params)?;
         let permit = self.acquire().await?;
@@ -676,6 +450,8 @@ impl BlockPool {
     /// suffices (the usual case), else a one-off buffer for a larger legacy record (capped by
     /// [`MAX_STORED_MEMORY_KIB`]). The buffer is wiped afterwards: it holds values derived
     /// from the password.
+    ///
+    /// [`MAX_STORED_MEMORY_KIB`]: super::MAX_STORED_MEMORY_KIB
     fn with_blocks<T>(&self, needed: usize, work: impl FnOnce(&mut [Block]) -> T) -> T {
         if needed > self.blocks {
             let mut one_off = vec![Block::default(); needed].into_boxed_slice();
@@ -747,6 +523,7 @@ fn evaluate(inspected: &Inspected, pwd: &[u8], pool: &BlockPool) -> Result<Verif
 
 #[cfg(test)]
 mod tests {
+    use super::super::phc::record;
     use super::super::policy::PolicyRule;
     use super::*;
 
@@ -798,34 +575,6 @@ mod tests {
     }
 
     // ----- parameters -------------------------------------------------------------------------
-
-    #[test]
-    fn params_default_validate_and_deserialize() {
-        let d = Argon2Params::default();
-        assert_eq!((d.memory_kib, d.iterations, d.parallelism), (65_536, 3, 4));
-        assert!(d.validate().is_ok());
-        assert!(Argon2Params::new(0, 3, 4).is_err());
-        assert!(Argon2Params::new(31, 1, 4).is_err()); // below 8 KiB per lane
-        assert!(Argon2Params::new(65_536, 0, 4).is_err());
-        assert!(Argon2Params::new(65_536, 3, 0).is_err());
-        assert!(Argon2Params::new(MAX_STORED_MEMORY_KIB + 1, 3, 4).is_err());
-        assert!(Argon2Params::new(65_536, MAX_STORED_ITERATIONS + 1, 4).is_err());
-        assert!(Argon2Params::new(65_536, 3, MAX_STORED_PARALLELISM + 1).is_err());
-
-        let p: Argon2Params = serde_yaml_ng::from_str("memory_kib: 19456\niterations: 2").unwrap();
-        assert_eq!(
-            p,
-            Argon2Params {
-                memory_kib: 19_456,
-                iterations: 2,
-                parallelism: 4
-            }
-        );
-        let p: Argon2Params = serde_yaml_ng::from_str("{}").unwrap();
-        assert_eq!(p, Argon2Params::default());
-        assert!(serde_yaml_ng::from_str::<Argon2Params>("iterations: 0").is_err());
-        assert!(serde_yaml_ng::from_str::<Argon2Params>("memory: 10").is_err());
-    }
 
     #[test]
     fn hasher_settings_are_validated() {
@@ -938,13 +687,6 @@ mod tests {
         );
     }
 
-    /// A syntactically valid record with the given algorithm and parameter string.
-    fn record(alg: &str, params: &str) -> String {
-        format!(
-            "${alg}$v=19${params}$c2FsdHNhbHRzYWx0c2FsdA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
-        )
-    }
-
     #[tokio::test]
     async fn over_cap_and_foreign_records_are_refused_without_evaluation() {
         // Every permit is held and the queue timeout is long: if a refused record went anywhere
@@ -983,24 +725,6 @@ mod tests {
         assert_eq!(h.queue_depth(), 0);
         // Not a timing assertion of the cap itself, only that nothing waited for the permit.
         assert!(started.elapsed() < Duration::from_secs(30));
-    }
-
-    #[test]
-    fn caps_are_checked_before_parameters_are_built() {
-        let cfg = Argon2Params::default();
-        let at_cap = record("argon2id", "m=262144,t=10,p=16");
-        let inspected = inspect_stored(&at_cap, &cfg).unwrap();
-        assert!(inspected.differs_from_config);
-        let current = record("argon2id", "m=65536,t=3,p=4");
-        // The dummy output above is 32 bytes and the salt 16, so only the params could differ.
-        assert!(!inspect_stored(&current, &cfg).unwrap().differs_from_config);
-        let v16 = record("argon2id", "m=65536,t=3,p=4").replace("v=19", "v=16");
-        assert!(inspect_stored(&v16, &cfg).unwrap().differs_from_config);
-        let v99 = record("argon2id", "m=65536,t=3,p=4").replace("v=19", "v=99");
-        assert!(matches!(
-            inspect_stored(&v99, &cfg),
-            Err(HashError::UntrustedHash(_))
-        ));
     }
 
     #[tokio::test]

@@ -12,7 +12,8 @@
 //!   then told to retry, and the work runs on Tokio's blocking pool so async workers stay free
 //!   for health checks and token verification. Stored hashes are untrusted input: a record whose
 //!   cost exceeds fixed caps is refused *before* any work is done, so a tampered row cannot make
-//!   one login take minutes or gigabytes.
+//!   one login take minutes or gigabytes. The cost settings ([`Argon2Params`]) and the caps are
+//!   in `params.rs`; reading a stored record and the dummy record for unknown users, in `phc.rs`.
 //! - [`Secret`] (here): a password in memory, zeroed on drop and never printed.
 //!
 //! Typical use: registration and password change call [`PasswordHasher::hash_new`] (policy and
@@ -21,6 +22,8 @@
 //! [`PasswordHasher::hash`] when [`Verified::needs_rehash`] is set.
 
 mod hasher;
+mod params;
+mod phc;
 mod policy;
 
 use std::fmt;
@@ -28,9 +31,12 @@ use std::fmt;
 use zeroize::Zeroizing;
 
 pub use hasher::{
-    Argon2Params, DEFAULT_QUEUE_TIMEOUT, HashError, HashPermit, HasherConfigError,
-    MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB, MAX_STORED_PARALLELISM, NewPasswordError,
-    PasswordHasher, Verified, default_permits,
+    DEFAULT_QUEUE_TIMEOUT, HashError, HashPermit, NewPasswordError, PasswordHasher, Verified,
+    default_permits,
+};
+pub use params::{
+    Argon2Params, HasherConfigError, MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB,
+    MAX_STORED_PARALLELISM,
 };
 pub use policy::{
     GUIDE_SPECIALS, MAX_PASSWORD_CHARS, PasswordPolicy, PolicyRule, PolicyViolation,

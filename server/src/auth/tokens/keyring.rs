@@ -13,7 +13,9 @@ use jsonwebtoken::{DecodingKey, EncodingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::key_set_file::load_key_set;
 use crate::secret_files;
+use crate::telemetry::metrics::JWT_KEYS;
 
 /// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for at least the hash size (256 bits).
 pub const MIN_HS256_SECRET_LEN: usize = 32;
@@ -31,8 +33,6 @@ const MAX_KID_LEN: usize = 128;
 /// Hashed in front of an environment secret to derive its kid, so that the published kid is not
 /// a bare SHA-256 of the secret that could be matched against other systems' fingerprints.
 const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
-const FIELDS: &str =
-    "kid, algorithm, state, secret, secret_file, private_key_file, public_key_file";
 
 /// Why keys could not be loaded. Messages name the source, the kid and the field; they never
 /// contain key material.
@@ -62,7 +62,7 @@ pub enum KeyRingError {
     Random(getrandom::Error),
 }
 
-fn invalid(context: impl Into<String>, problem: impl Into<String>) -> KeyRingError {
+pub(super) fn invalid(context: impl Into<String>, problem: impl Into<String>) -> KeyRingError {
     KeyRingError::Invalid {
         context: context.into(),
         problem: problem.into(),
@@ -195,7 +195,7 @@ impl Key {
     }
 }
 
-fn check_kid(kid: &str) -> Result<(), String> {
+pub(super) fn check_kid(kid: &str) -> Result<(), String> {
     if kid.is_empty() || kid.len() > MAX_KID_LEN {
         return Err(format!("kid must be 1 to {MAX_KID_LEN} characters"));
     }
@@ -205,7 +205,7 @@ fn check_kid(kid: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn build_hs256(kid: String, secret: &[u8], state: KeyState) -> Result<Key, String> {
+pub(super) fn build_hs256(kid: String, secret: &[u8], state: KeyState) -> Result<Key, String> {
     if secret.len() < MIN_HS256_SECRET_LEN {
         // The length helps the operator; the secret itself never enters a message.
         return Err(format!(
@@ -224,7 +224,11 @@ fn build_hs256(kid: String, secret: &[u8], state: KeyState) -> Result<Key, Strin
     })
 }
 
-fn build_ed25519_private(kid: String, pem: &str, state: KeyState) -> Result<Key, String> {
+pub(super) fn build_ed25519_private(
+    kid: String,
+    pem: &str,
+    state: KeyState,
+) -> Result<Key, String> {
     // SigningKey and the PKCS#8 document both wipe themselves on drop.
     let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
         format!("not a PKCS#8 PEM Ed25519 private key ({e}); `openssl genpkey -algorithm ed25519` makes one")
@@ -241,7 +245,7 @@ fn build_ed25519_private(kid: String, pem: &str, state: KeyState) -> Result<Key,
     ed25519_key(kid, signing.verifying_key(), state, signer)
 }
 
-fn build_ed25519_public(kid: String, pem: &str) -> Result<Key, String> {
+pub(super) fn build_ed25519_public(kid: String, pem: &str) -> Result<Key, String> {
     let public = VerifyingKey::from_public_key_pem(pem).map_err(|e| {
         format!("not an SPKI PEM Ed25519 public key ({e}); `openssl pkey -pubout` makes one")
     })?;
@@ -391,7 +395,7 @@ impl KeyRing {
 }
 
 /// Checks the ring invariants; `origin` prefixes every message.
-fn assemble(keys: Vec<Key>, origin: &str) -> Result<KeyRing, KeyRingError> {
+pub(super) fn assemble(keys: Vec<Key>, origin: &str) -> Result<KeyRing, KeyRingError> {
     for (i, key) in keys.iter().enumerate() {
         if keys.iter().take(i).any(|k| k.kid == key.kid) {
             return Err(invalid(
@@ -472,7 +476,7 @@ fn env_secret(
     }
 }
 
-fn trim_one_newline(bytes: &mut Zeroizing<Vec<u8>>) {
+pub(super) fn trim_one_newline(bytes: &mut Zeroizing<Vec<u8>>) {
     if bytes.last() == Some(&b'\n') {
         bytes.pop();
         if bytes.last() == Some(&b'\r') {
@@ -504,260 +508,15 @@ fn read_key_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
 /// Reads files and remembers a stamp of each, including those that failed, so that a reload
 /// after a failure notices when the missing or broken file appears or is fixed.
 #[derive(Debug, Default)]
-struct StampingReader {
+pub(super) struct StampingReader {
     stamps: Vec<Stamp>,
 }
 
 impl StampingReader {
-    fn read(&mut self, path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
+    pub(super) fn read(&mut self, path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
         let (stamp, read) = stamp_of(path);
         self.stamps.push(stamp);
         read
-    }
-}
-
-/// An unknown field's name as it may be printed: a misplaced secret can end up as a key, so
-/// only short identifier-like names (far shorter than any accepted secret) are echoed.
-fn shown_name(name: &str) -> String {
-    let plain = name.len() <= 24
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if plain {
-        name.to_owned()
-    } else {
-        "<name not shown>".to_owned()
-    }
-}
-
-/// "key set FILE[, key KID | , entry #N][, field `F`]".
-fn file_context(file: &Path, key: Option<&str>, entry: usize, field: Option<&str>) -> String {
-    let mut s = format!("key set {}", file.display());
-    match key {
-        Some(kid) => s.push_str(&format!(", key {kid:?}")),
-        None if entry > 0 => s.push_str(&format!(", entry #{entry}")),
-        None => {}
-    }
-    if let Some(field) = field {
-        s.push_str(&format!(", field `{field}`"));
-    }
-    s
-}
-
-fn load_key_set(file: &Path, reader: &mut StampingReader) -> Result<KeyRing, KeyRingError> {
-    let bytes = reader.read(file).map_err(|source| KeyRingError::Io {
-        context: "key set".to_owned(),
-        path: file.to_owned(),
-        source,
-    })?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| invalid(file_context(file, None, 0, None), "not UTF-8 text"))?;
-    let mut doc: toml::Table = toml::from_str(text).map_err(|e| {
-        // Only the message and the line: toml's full rendering quotes the source line, which
-        // may hold an inline secret.
-        let line = e
-            .span()
-            .map(|s| text.get(..s.start).unwrap_or("").matches('\n').count() + 1);
-        let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
-        invalid(
-            file_context(file, None, 0, None),
-            format!("not valid TOML{at}: {}", e.message().trim()),
-        )
-    })?;
-    let entries = match doc.remove("key") {
-        Some(toml::Value::Array(entries)) => entries,
-        Some(_) => {
-            return Err(invalid(
-                file_context(file, None, 0, Some("key")),
-                "must be a list of [[key]] tables",
-            ));
-        }
-        None => Vec::new(),
-    };
-    if let Some(name) = doc.keys().next() {
-        return Err(invalid(
-            file_context(file, None, 0, Some(&shown_name(name))),
-            "unknown top-level field (only [[key]] tables are allowed)",
-        ));
-    }
-    if entries.is_empty() {
-        return Err(invalid(
-            file_context(file, None, 0, Some("key")),
-            "no [[key]] entries",
-        ));
-    }
-    let base = file.parent().unwrap_or(Path::new("."));
-    let mut keys = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.into_iter().enumerate() {
-        let toml::Value::Table(table) = entry else {
-            return Err(invalid(
-                file_context(file, None, i + 1, Some("key")),
-                "must be a [[key]] table",
-            ));
-        };
-        keys.push(parse_entry(table, file, i + 1, base, reader)?);
-    }
-    assemble(keys, &format!("key set {}", file.display()))
-}
-
-/// Removes `name` from `table` as a string; `None` when absent.
-fn take_string(
-    table: &mut toml::Table,
-    name: &str,
-    context: impl Fn(&str) -> String,
-) -> Result<Option<String>, KeyRingError> {
-    match table.remove(name) {
-        None => Ok(None),
-        Some(toml::Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(invalid(context(name), "must be a string")),
-    }
-}
-
-fn parse_entry(
-    mut table: toml::Table,
-    file: &Path,
-    entry: usize,
-    base: &Path,
-    reader: &mut StampingReader,
-) -> Result<Key, KeyRingError> {
-    // The kid first, so that every later message can name it.
-    let kid = take_string(&mut table, "kid", |f| {
-        file_context(file, None, entry, Some(f))
-    })?
-    .ok_or_else(|| invalid(file_context(file, None, entry, Some("kid")), "is required"))?;
-    check_kid(&kid).map_err(|p| invalid(file_context(file, None, entry, Some("kid")), p))?;
-    let ctx = |field: &str| file_context(file, Some(&kid), entry, Some(field));
-
-    let algorithm = match take_string(&mut table, "algorithm", ctx)?.as_deref() {
-        Some("HS256") => KeyAlgorithm::Hs256,
-        Some("EdDSA") => KeyAlgorithm::EdDsa,
-        Some(_) => return Err(invalid(ctx("algorithm"), "must be \"HS256\" or \"EdDSA\"")),
-        None => {
-            return Err(invalid(
-                ctx("algorithm"),
-                "is required (\"HS256\" or \"EdDSA\")",
-            ));
-        }
-    };
-    let state = match take_string(&mut table, "state", ctx)?.as_deref() {
-        Some("active") => KeyState::Active,
-        Some("verify") => KeyState::VerifyOnly,
-        Some(_) => return Err(invalid(ctx("state"), "must be \"active\" or \"verify\"")),
-        None => {
-            return Err(invalid(
-                ctx("state"),
-                "is required (\"active\" or \"verify\")",
-            ));
-        }
-    };
-    let secret = take_string(&mut table, "secret", ctx)?.map(Zeroizing::new);
-    let secret_file = take_string(&mut table, "secret_file", ctx)?;
-    let private_key_file = take_string(&mut table, "private_key_file", ctx)?;
-    let public_key_file = take_string(&mut table, "public_key_file", ctx)?;
-    if let Some(name) = table.keys().next() {
-        return Err(invalid(
-            ctx(&shown_name(name)),
-            format!("unknown field (known: {FIELDS})"),
-        ));
-    }
-
-    let mut read = |field: &str, name: &str| -> Result<Zeroizing<Vec<u8>>, KeyRingError> {
-        let path = base.join(name);
-        reader.read(&path).map_err(|source| KeyRingError::Io {
-            context: ctx(field),
-            path,
-            source,
-        })
-    };
-    match algorithm {
-        KeyAlgorithm::Hs256 => {
-            for (field, given) in [
-                ("private_key_file", private_key_file.is_some()),
-                ("public_key_file", public_key_file.is_some()),
-            ] {
-                if given {
-                    return Err(invalid(
-                        ctx(field),
-                        "is for EdDSA keys; HS256 keys take secret_file",
-                    ));
-                }
-            }
-            let (field, material) = match (secret, secret_file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        ctx("secret"),
-                        "give either `secret` or `secret_file`, not both",
-                    ));
-                }
-                (Some(mut inline), None) => {
-                    tracing::warn!(
-                        file = %file.display(),
-                        kid = %kid,
-                        "HS256 secret given inline in the key set; prefer secret_file"
-                    );
-                    (
-                        "secret",
-                        Zeroizing::new(std::mem::take(&mut *inline).into_bytes()),
-                    )
-                }
-                (None, Some(name)) => {
-                    let mut bytes = read("secret_file", &name)?;
-                    trim_one_newline(&mut bytes);
-                    ("secret_file", bytes)
-                }
-                (None, None) => {
-                    return Err(invalid(
-                        ctx("secret_file"),
-                        "is required for an HS256 key (or `secret`)",
-                    ));
-                }
-            };
-            build_hs256(kid.clone(), &material, state).map_err(|p| invalid(ctx(field), p))
-        }
-        KeyAlgorithm::EdDsa => {
-            for (field, given) in [
-                ("secret", secret.is_some()),
-                ("secret_file", secret_file.is_some()),
-            ] {
-                if given {
-                    return Err(invalid(
-                        ctx(field),
-                        "is for HS256 keys; EdDSA keys take private_key_file",
-                    ));
-                }
-            }
-            let (field, name) = match (private_key_file, public_key_file) {
-                (Some(_), Some(_)) => {
-                    return Err(invalid(
-                        ctx("public_key_file"),
-                        "give either `private_key_file` or `public_key_file`, not both",
-                    ));
-                }
-                (Some(name), None) => ("private_key_file", name),
-                (None, Some(_)) if state == KeyState::Active => {
-                    return Err(invalid(
-                        ctx("public_key_file"),
-                        "an active key signs, so it needs `private_key_file`",
-                    ));
-                }
-                (None, Some(name)) => ("public_key_file", name),
-                (None, None) => {
-                    return Err(invalid(
-                        ctx("private_key_file"),
-                        "is required for an EdDSA key (verify-only keys may give `public_key_file`)",
-                    ));
-                }
-            };
-            let bytes = read(field, &name)?;
-            let pem =
-                std::str::from_utf8(&bytes).map_err(|_| invalid(ctx(field), "not PEM text"))?;
-            let built = if field == "private_key_file" {
-                build_ed25519_private(kid.clone(), pem, state)
-            } else {
-                build_ed25519_public(kid.clone(), pem)
-            };
-            built.map_err(|p| invalid(ctx(field), p))
-        }
     }
 }
 
@@ -786,7 +545,7 @@ impl ReloadingKeyRing {
         let path = path.into();
         let mut reader = StampingReader::default();
         let ring = load_key_set(&path, &mut reader)?;
-        crate::telemetry::metrics::key_ring(&ring, None);
+        publish_key_gauges(&ring, None);
         Ok(Self {
             ring: ArcSwap::from_pointee(ring),
             path: Some(path),
@@ -797,7 +556,7 @@ impl ReloadingKeyRing {
     /// A ring that never changes (keys from the environment, or ephemeral).
     pub fn fixed(ring: impl Into<Arc<KeyRing>>) -> Self {
         let ring = ring.into();
-        crate::telemetry::metrics::key_ring(&ring, None);
+        publish_key_gauges(&ring, None);
         Self {
             ring: ArcSwap::new(ring),
             path: None,
@@ -832,7 +591,7 @@ impl ReloadingKeyRing {
         let result = load_key_set(path, &mut reader);
         *seen = reader.stamps;
         let ring = result?;
-        crate::telemetry::metrics::key_ring(&ring, Some(&self.ring.load()));
+        publish_key_gauges(&ring, Some(&self.ring.load()));
         self.ring.store(Arc::new(ring));
         Ok(true)
     }
@@ -858,5 +617,25 @@ impl ReloadingKeyRing {
             Err(error) => tracing::error!(%error, "JWT key set reload task failed"),
         };
         crate::periodic::poll_blocking(every, stop, check, report).await;
+    }
+}
+
+/// Publishes the keys of `ring` as 1 and those only in `previous` as 0 (the [`JWT_KEYS`] gauge).
+fn publish_key_gauges(ring: &KeyRing, previous: Option<&KeyRing>) {
+    let state = |k: &Key| match k.state() {
+        KeyState::Active => "active",
+        KeyState::VerifyOnly => "verify",
+    };
+    if let Some(previous) = previous {
+        for key in previous.keys() {
+            metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
+                "algorithm" => key.algorithm().as_str(), "state" => state(key))
+            .set(0.0);
+        }
+    }
+    for key in ring.keys() {
+        metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
+            "algorithm" => key.algorithm().as_str(), "state" => state(key))
+        .set(1.0);
     }
 }

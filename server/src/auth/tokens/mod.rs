@@ -1,6 +1,7 @@
 //! Access tokens: a rotating key ring (HS256, Ed25519), JWT issue and verify, and the JWKS.
 
 mod jwt;
+mod key_set_file;
 mod keyring;
 #[cfg(test)]
 mod tests;
