@@ -1,5 +1,7 @@
-//! The limiter: validates a request, picks its policy, answers from the deny cache or asks the
-//! store, and falls back to the configured fail mode when the store does not answer in time.
+//! The limiter and its `Check` path: validates a request, picks its policy, answers from the
+//! deny cache or asks the store, and falls back to the configured fail mode when the store does
+//! not answer in time. Runtime overrides and the service's own throttles go through it too; the
+//! Envoy path is in `envoy.rs`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,9 +11,8 @@ use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 
 use super::deny_cache::DenyCache;
-use super::envoy::{AppliedEnvoyLimit, DescriptorStatus, EnvoyDecision, EnvoyRequest};
 use super::envoy_config::EnvoyConfig;
-use super::gcra::{GcraParams, KeyOutcome, Verdict};
+use super::gcra::{KeyOutcome, Verdict};
 use super::headers::{HeaderInput, rate_limit_headers};
 use super::policy::{
     AppliedPolicy, InvalidLimit, Limit, PolicyOverride, PolicySource, PolicyTable,
@@ -21,12 +22,6 @@ use crate::clock::unix_time;
 use crate::keys::{self, DEFAULT_RESOURCE, InvalidId};
 use crate::periodic::{OutageMessages, run_every};
 use crate::telemetry::metrics::RATELIMIT_DECISIONS;
-
-/// Descriptors one `ShouldRateLimit` may carry. Envoy sends a handful; the cap keeps one request
-/// from turning into a script call that holds Redis for long (each descriptor is a counter).
-pub const MAX_DESCRIPTORS: usize = 64;
-/// Entries one descriptor may carry; together they make one counter key.
-pub const MAX_DESCRIPTOR_ENTRIES: usize = 32;
 
 /// What to answer when the store does not answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -42,7 +37,7 @@ pub enum FailMode {
 
 impl FailMode {
     /// The decision-metric outcome of a decision this mode made.
-    const fn outcome(self) -> &'static str {
+    pub(super) const fn outcome(self) -> &'static str {
         match self {
             Self::Open => "fail_open",
             Self::Closed => "fail_closed",
@@ -207,11 +202,8 @@ impl CheckDecision {
 
 /// The `api` label of `Check` decisions.
 const CHECK: &str = "check";
-/// The `api` label of Envoy `ShouldRateLimit` decisions.
-const ENVOY: &str = "envoy";
-
 /// Counts one decision by API and outcome.
-fn count_decision(api: &'static str, outcome: &'static str) {
+pub(super) fn count_decision(api: &'static str, outcome: &'static str) {
     metrics::counter!(RATELIMIT_DECISIONS, "api" => api, "outcome" => outcome).increment(1);
 }
 
@@ -259,11 +251,11 @@ pub struct Limiter<S> {
     /// refreshes from racing each other.
     overrides_version: Mutex<Option<u64>>,
     /// Envoy descriptor → limit configuration.
-    envoy: EnvoyConfig,
+    pub(super) envoy: EnvoyConfig,
     /// Keys known to be over their limit (remote stores only).
-    deny_cache: Option<DenyCache>,
+    pub(super) deny_cache: Option<DenyCache>,
     /// Timeouts and fail modes.
-    settings: LimiterSettings,
+    pub(super) settings: LimiterSettings,
     /// Store trouble, logged once per incident.
     incident: Incident,
 }
@@ -488,173 +480,12 @@ impl<S: RateLimitStore> Limiter<S> {
         })
     }
 
-    /// Decides an Envoy `ShouldRateLimit` request: all descriptors together, all or nothing.
-    pub async fn should_rate_limit(
+    pub(super) fn remember_denials(
         &self,
-        request: &EnvoyRequest,
-    ) -> Result<EnvoyDecision, RateLimitError> {
-        keys::validate_id("domain", &request.domain, true)?;
-        if request.descriptors.len() > MAX_DESCRIPTORS {
-            return Err(RateLimitError::InvalidArgument {
-                field: "descriptors".to_owned(),
-                reason: format!("at most {MAX_DESCRIPTORS} per request"),
-            });
-        }
-        if let Some(i) = request
-            .descriptors
-            .iter()
-            .position(|d| d.entries.len() > MAX_DESCRIPTOR_ENTRIES)
-        {
-            return Err(RateLimitError::InvalidArgument {
-                field: format!("descriptors[{i}].entries"),
-                reason: format!("at most {MAX_DESCRIPTOR_ENTRIES} per descriptor"),
-            });
-        }
-        let default_cost = u64::from(request.hits_addend.max(1));
-        // Per descriptor: the limit that applies and, when limited, its index in the batch.
-        let mut applied: Vec<Option<(AppliedEnvoyLimit, usize)>> =
-            Vec::with_capacity(request.descriptors.len());
-        let mut batch: Vec<LimitRequest> = Vec::new();
-        for (i, d) in request.descriptors.iter().enumerate() {
-            for (j, (k, v)) in d.entries.iter().enumerate() {
-                let problem = keys::id_problem(k, true, keys::MAX_ID_LEN)
-                    .map(|reason| ("key", reason))
-                    .or_else(|| {
-                        keys::id_problem(v, false, keys::MAX_ENVOY_VALUE_LEN)
-                            .map(|reason| ("value", reason))
-                    });
-                if let Some((part, reason)) = problem {
-                    return Err(RateLimitError::InvalidArgument {
-                        field: format!("descriptors[{i}].entries[{j}].{part}"),
-                        reason,
-                    });
-                }
-            }
-            let entries: Vec<(&str, &str)> = d
-                .entries
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            let configured = self.envoy.lookup(&request.domain, &entries);
-            let shadow = configured.is_some_and(|l| l.shadow_mode);
-            let (rate, name) = match (&d.limit_override, configured) {
-                (Some(rate), configured) => (Some(*rate), configured.and_then(|l| l.name.clone())),
-                (None, Some(l)) => (l.rate, l.name.clone()),
-                (None, None) => (None, None),
-            };
-            let Some(rate) = rate else {
-                applied.push(None);
-                continue;
-            };
-            let cost = d
-                .hits_addend
-                .unwrap_or(default_cost)
-                .min(super::policy::MAX_BURST + 1);
-            let gcra = match Limit::new(u64::from(rate.requests_per_unit), rate.unit.period(), 0) {
-                Ok(limit) => limit.gcra(),
-                // 0 requests per unit: nothing ever fits, which a cost above the burst expresses.
-                Err(_) if rate.requests_per_unit == 0 => GcraParams {
-                    emission_interval_us: rate.unit.period().as_micros() as u64,
-                    burst: 0,
-                },
-                Err(e) => {
-                    return Err(RateLimitError::InvalidArgument {
-                        field: format!("descriptors[{i}].limit"),
-                        reason: e.to_string(),
-                    });
-                }
-            };
-            applied.push(Some((
-                AppliedEnvoyLimit {
-                    name,
-                    requests_per_unit: rate.requests_per_unit,
-                    unit: rate.unit,
-                },
-                batch.len(),
-            )));
-            batch.push(LimitRequest {
-                key: keys::envoy_key(&request.domain, entries.iter().copied()),
-                gcra,
-                cost: cost.max(u64::from(gcra.burst == 0)),
-                enforced: !shadow,
-            });
-        }
-
-        let sent_at = Instant::now();
-        let outcome = match self.cached_batch(&batch, sent_at) {
-            Some(o) => {
-                count_decision(ENVOY, "denied_cached");
-                o
-            }
-            None if batch.is_empty() => BatchOutcome {
-                now_us: unix_time().as_micros() as u64,
-                committed: true,
-                keys: Vec::new(),
-            },
-            None => match self.decide(&batch).await {
-                Ok(o) => {
-                    self.remember_denials(&batch, &o, sent_at);
-                    count_decision(ENVOY, if o.committed { "allowed" } else { "denied" });
-                    o
-                }
-                Err(e) => {
-                    count_decision(ENVOY, self.settings.envoy_fail_mode.outcome());
-                    return self.envoy_fail_mode(e, applied);
-                }
-            },
-        };
-
-        let statuses: Vec<DescriptorStatus> = applied
-            .into_iter()
-            .map(|a| match a {
-                None => DescriptorStatus {
-                    over_limit: false,
-                    limit: None,
-                    remaining: 0,
-                    reset_after: Duration::ZERO,
-                },
-                Some((limit, idx)) => {
-                    let k = outcome.keys[idx];
-                    DescriptorStatus {
-                        over_limit: batch[idx].enforced && k.verdict != Verdict::Allowed,
-                        limit: Some(limit),
-                        remaining: u32::try_from(k.remaining).unwrap_or(u32::MAX),
-                        reset_after: Duration::from_micros(k.reset_after_us),
-                    }
-                }
-            })
-            .collect();
-        let response_headers = if self.settings.envoy_response_headers {
-            envoy_headers(&statuses, &batch, &outcome)
-        } else {
-            Vec::new()
-        };
-        Ok(EnvoyDecision {
-            over_limit: !outcome.committed,
-            statuses,
-            response_headers,
-            degraded: false,
-        })
-    }
-
-    /// Answers a batch from the deny cache when every limit in it is cached as denied.
-    fn cached_batch(&self, batch: &[LimitRequest], now: Instant) -> Option<BatchOutcome> {
-        let cache = self.deny_cache.as_ref()?;
-        if batch.is_empty() {
-            return None;
-        }
-        let keys = batch
-            .iter()
-            .map(|r| cache.lookup(&r.key, r.cost, now).map(KeyOutcome::from))
-            .collect::<Option<Vec<_>>>()?;
-        Some(BatchOutcome {
-            now_us: unix_time().as_micros() as u64,
-            committed: !batch.iter().any(|r| r.enforced),
-            keys,
-        })
-    }
-
-    fn remember_denials(&self, batch: &[LimitRequest], outcome: &BatchOutcome, sent_at: Instant) {
+        batch: &[LimitRequest],
+        outcome: &BatchOutcome,
+        sent_at: Instant,
+    ) {
         let Some(cache) = &self.deny_cache else {
             return;
         };
@@ -672,35 +503,11 @@ impl<S: RateLimitStore> Limiter<S> {
         }
     }
 
-    fn envoy_fail_mode(
-        &self,
-        e: RateLimitError,
-        applied: Vec<Option<(AppliedEnvoyLimit, usize)>>,
-    ) -> Result<EnvoyDecision, RateLimitError> {
-        let over_limit = match self.settings.envoy_fail_mode {
-            FailMode::Open => false,
-            FailMode::Closed => true,
-            FailMode::Unavailable => return Err(e),
-        };
-        let statuses = applied
-            .into_iter()
-            .map(|a| DescriptorStatus {
-                over_limit: over_limit && a.is_some(),
-                limit: a.map(|(l, _)| l),
-                remaining: 0,
-                reset_after: Duration::ZERO,
-            })
-            .collect::<Vec<_>>();
-        Ok(EnvoyDecision {
-            over_limit: over_limit && statuses.iter().any(|s| s.limit.is_some()),
-            statuses,
-            response_headers: Vec::new(),
-            degraded: true,
-        })
-    }
-
     /// Asks the store within the timeout; a failure opens (or continues) an incident.
-    async fn decide(&self, batch: &[LimitRequest]) -> Result<BatchOutcome, RateLimitError> {
+    pub(super) async fn decide(
+        &self,
+        batch: &[LimitRequest],
+    ) -> Result<BatchOutcome, RateLimitError> {
         self.with_timeout(self.store.decide(batch)).await
     }
 
@@ -730,43 +537,6 @@ impl<S: RateLimitStore> Limiter<S> {
             }
         }
     }
-}
-
-/// Headers for the most restrictive limit: the first one over limit, else the one with the
-/// fewest units left.
-fn envoy_headers(
-    statuses: &[DescriptorStatus],
-    batch: &[LimitRequest],
-    outcome: &BatchOutcome,
-) -> Vec<(&'static str, String)> {
-    let pick = statuses
-        .iter()
-        .filter(|s| s.limit.is_some())
-        .min_by_key(|s| (!s.over_limit, s.remaining));
-    let Some(status) = pick else {
-        return Vec::new();
-    };
-    let Some(limit) = &status.limit else {
-        return Vec::new();
-    };
-    let retry_after = statuses
-        .iter()
-        .zip(batch)
-        .zip(&outcome.keys)
-        .filter(|((s, _), _)| s.over_limit)
-        .find_map(|(_, k)| match k.verdict {
-            Verdict::Denied { retry_after_us } => Some(Duration::from_micros(retry_after_us)),
-            _ => None,
-        });
-    rate_limit_headers(&HeaderInput {
-        name: limit.name.as_deref().unwrap_or("default"),
-        quota: u64::from(limit.requests_per_unit),
-        window: limit.period(),
-        remaining: u64::from(status.remaining),
-        reset_after: status.reset_after,
-        retry_after: retry_after.filter(|_| status.over_limit),
-        now_unix_us: outcome.now_us,
-    })
 }
 
 /// Validates the (tenant, resource) a request or an admin call addresses.
