@@ -5,11 +5,11 @@ use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use super::keyring::{
-    StampingReader, assemble, build_ed25519_private, build_ed25519_public, build_hs256, check_kid,
-    invalid, trim_one_newline,
+use super::key::{
+    Key, KeyAlgorithm, KeyRingError, KeyState, build_ed25519_private, build_ed25519_public,
+    build_hs256, check_kid, invalid,
 };
-use super::{Key, KeyAlgorithm, KeyRing, KeyRingError, KeyState};
+use super::keyring::{KeyRing, StampingReader, assemble, trim_one_newline};
 
 /// The fields a `[[key]]` table may have, listed when an unknown one is met.
 const FIELDS: &str =
