@@ -9,7 +9,8 @@ use super::key::{
     Key, KeyAlgorithm, KeyRingError, KeyState, build_ed25519_private, build_ed25519_public,
     build_hs256, check_kid, invalid,
 };
-use super::keyring::{KeyRing, StampingReader, assemble, trim_one_newline};
+use super::key_files::{StampingReader, trim_one_newline};
+use super::keyring::{KeyRing, assemble};
 
 /// The fields a `[[key]]` table may have, listed when an unknown one is met.
 const FIELDS: &str =

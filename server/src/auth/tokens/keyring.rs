@@ -1,7 +1,6 @@
 //! Signing and verifying keys: loaded from the environment or a key-set file, reloaded on change.
 
 use std::fmt;
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -11,8 +10,8 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::key::{Key, KeyRingError, KeyState, build_hs256, invalid};
+use super::key_files::{Stamp, StampingReader, read_key_file, stamp_of, trim_one_newline};
 use super::key_set_file::load_key_set;
-use crate::secret_files;
 use crate::telemetry::metrics::JWT_KEYS;
 
 /// Variable holding the HS256 secret that signs (the platform's dual-key convention).
@@ -22,8 +21,6 @@ pub const ENV_SECRET_OLD: &str = "JWT_SECRET_KEY_OLD";
 /// Suffix of the variable that names a file holding the value instead (`JWT_SECRET_KEY_FILE`).
 pub const ENV_FILE_SUFFIX: &str = "_FILE";
 
-/// Key material is small; a bigger file is a mistake and is not read whole.
-const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 /// Hashed in front of an environment secret to derive its kid, so that the published kid is not
 /// a bare SHA-256 of the secret that could be matched against other systems' fingerprints.
 const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
@@ -224,50 +221,6 @@ fn env_secret(
             Ok(Some(bytes))
         }
         (None, None) => Ok(None),
-    }
-}
-
-pub(super) fn trim_one_newline(bytes: &mut Zeroizing<Vec<u8>>) {
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-}
-
-/// A file as it was when read (see [`secret_files::Stamp`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    path: PathBuf,
-    seen: secret_files::Stamp,
-}
-
-fn stamp_of(path: &Path) -> (Stamp, io::Result<Zeroizing<Vec<u8>>>) {
-    let read = read_key_file(path);
-    let stamp = Stamp {
-        path: path.to_owned(),
-        seen: secret_files::Stamp::of(path, &read),
-    };
-    (stamp, read)
-}
-
-fn read_key_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
-    secret_files::read_capped(path, MAX_KEY_FILE_LEN)
-}
-
-/// Reads files and remembers a stamp of each, including those that failed, so that a reload
-/// after a failure notices when the missing or broken file appears or is fixed.
-#[derive(Debug, Default)]
-pub(super) struct StampingReader {
-    stamps: Vec<Stamp>,
-}
-
-impl StampingReader {
-    pub(super) fn read(&mut self, path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
-        let (stamp, read) = stamp_of(path);
-        self.stamps.push(stamp);
-        read
     }
 }
 

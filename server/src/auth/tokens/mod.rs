@@ -2,6 +2,7 @@
 
 mod jwt;
 mod key;
+mod key_files;
 mod key_set_file;
 mod keyring;
 #[cfg(test)]
