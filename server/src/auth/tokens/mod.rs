@@ -5,6 +5,7 @@ mod key;
 mod key_files;
 mod key_set_file;
 mod keyring;
+mod reloading;
 #[cfg(test)]
 mod tests;
 
@@ -13,4 +14,5 @@ pub use jwt::{
     TokenError, VerifyExpectations,
 };
 pub use key::{Key, KeyAlgorithm, KeyRingError, KeyState, MIN_HS256_SECRET_LEN};
-pub use keyring::{ENV_FILE_SUFFIX, ENV_SECRET, ENV_SECRET_OLD, KeyRing, ReloadingKeyRing};
+pub use keyring::{ENV_FILE_SUFFIX, ENV_SECRET, ENV_SECRET_OLD, KeyRing};
+pub use reloading::ReloadingKeyRing;
