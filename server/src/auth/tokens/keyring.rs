@@ -1,14 +1,13 @@
 //! The key ring (one signing key, verify-only others), from the environment or a random key.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::key::{Key, KeyRingError, KeyState, build_hs256, invalid};
-use super::key_files::{StampingReader, read_key_file, trim_one_newline};
-use super::key_set_file::load_key_set;
+use super::key_files::{read_key_file, trim_one_newline};
 
 /// Variable holding the HS256 secret that signs (the platform's dual-key convention).
 pub const ENV_SECRET: &str = "JWT_SECRET_KEY";
@@ -85,33 +84,6 @@ impl KeyRing {
             }
         }
         assemble(keys, "environment").map(Some)
-    }
-
-    /// Loads a key-set file (TOML), a list of `[[key]]` tables:
-    ///
-    /// ```toml
-    /// [[key]]
-    /// kid = "2026-11"             # printable ASCII, no spaces, at most 128 characters, unique
-    /// algorithm = "HS256"         # "HS256" or "EdDSA": the only algorithm this key accepts
-    /// state = "active"            # "active" (signs; exactly one key) or "verify" (verifies only)
-    /// secret_file = "/run/secrets/jwt-2026-11"   # HS256: file holding the secret, >= 32 bytes,
-    ///                                            # one trailing newline trimmed
-    /// # secret = "..."            # HS256: the secret inline (discouraged: it sits in this file)
-    ///
-    /// [[key]]
-    /// kid = "ed-2026-12"
-    /// algorithm = "EdDSA"
-    /// state = "verify"
-    /// private_key_file = "ed-2026-12.pem"   # EdDSA: PKCS#8 PEM (openssl genpkey -algorithm ed25519)
-    /// # public_key_file = "old.pub.pem"     # EdDSA, verify-only keys: SPKI PEM (openssl pkey -pubout)
-    /// ```
-    ///
-    /// Relative paths are taken from the key-set file's folder. Unknown fields, a missing or
-    /// duplicate kid, and any count of active keys but one are errors; every error names the
-    /// file, the kid (or the entry number) and the field.
-    pub fn load_file(path: impl AsRef<Path>) -> Result<Self, KeyRingError> {
-        let mut reader = StampingReader::default();
-        load_key_set(path.as_ref(), &mut reader)
     }
 
     /// A ring with one random 256-bit HS256 key, for a lone server with no key configured:
