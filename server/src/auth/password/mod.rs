@@ -13,7 +13,8 @@
 //!   for health checks and token verification. Stored hashes are untrusted input: a record whose
 //!   cost exceeds fixed caps is refused *before* any work is done, so a tampered row cannot make
 //!   one login take minutes or gigabytes. The cost settings ([`Argon2Params`]) and the caps are
-//!   in `params.rs`; reading a stored record and the dummy record for unknown users, in `phc.rs`.
+//!   in `params.rs`; reading a stored record and the dummy record for unknown users, in `phc.rs`;
+//!   the errors ([`HashError`], [`NewPasswordError`]), in `error.rs`.
 //! - [`Secret`] (here): a password in memory, zeroed on drop and never printed.
 //!
 //! Typical use: registration and password change call [`PasswordHasher::hash_new`] (policy and
@@ -21,6 +22,7 @@
 //! user and [`PasswordHasher::verify_dummy`] for an unknown one, and rehashes with
 //! [`PasswordHasher::hash`] when [`Verified::needs_rehash`] is set.
 
+mod error;
 mod hasher;
 mod params;
 mod phc;
@@ -30,10 +32,8 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
-pub use hasher::{
-    DEFAULT_QUEUE_TIMEOUT, HashError, HashPermit, NewPasswordError, PasswordHasher, Verified,
-    default_permits,
-};
+pub use error::{HashError, NewPasswordError};
+pub use hasher::{DEFAULT_QUEUE_TIMEOUT, HashPermit, PasswordHasher, Verified, default_permits};
 pub use params::{
     Argon2Params, HasherConfigError, MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB,
     MAX_STORED_PARALLELISM,

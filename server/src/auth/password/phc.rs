@@ -4,9 +4,10 @@
 use argon2::Version;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 
+use super::error::HashError;
 use super::params::OUTPUT_LEN;
 use super::{
-    Argon2Params, HashError, HasherConfigError, MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB,
+    Argon2Params, HasherConfigError, MAX_STORED_ITERATIONS, MAX_STORED_MEMORY_KIB,
     MAX_STORED_PARALLELISM,
 };
 

@@ -8,7 +8,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::keyring::{Key, KeyRing};
+use super::key::Key;
+use super::keyring::KeyRing;
 use crate::keys::{MAX_ID_LEN, id_problem};
 
 /// The `typ` header of every access token (RFC 9068).

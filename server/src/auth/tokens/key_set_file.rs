@@ -1,15 +1,15 @@
-//! The key-set file: a TOML list of `[[key]]` tables parsed into a [`KeyRing`], every error
-//! naming the file, the kid (or entry number) and the field, never the key material.
+//! The key-set file ([`KeyRing::load_file`]): TOML `[[key]]` tables parsed into a [`KeyRing`].
 
 use std::path::Path;
 
 use zeroize::Zeroizing;
 
-use super::keyring::{
-    StampingReader, assemble, build_ed25519_private, build_ed25519_public, build_hs256, check_kid,
-    invalid, trim_one_newline,
+use super::key::{
+    Key, KeyAlgorithm, KeyRingError, KeyState, build_ed25519_private, build_ed25519_public,
+    build_hs256, check_kid, invalid,
 };
-use super::{Key, KeyAlgorithm, KeyRing, KeyRingError, KeyState};
+use super::key_files::{StampingReader, trim_one_newline};
+use super::keyring::{KeyRing, assemble};
 
 /// The fields a `[[key]]` table may have, listed when an unknown one is met.
 const FIELDS: &str =
@@ -41,6 +41,35 @@ fn file_context(file: &Path, key: Option<&str>, entry: usize, field: Option<&str
         s.push_str(&format!(", field `{field}`"));
     }
     s
+}
+
+impl KeyRing {
+    /// Loads a key-set file (TOML), a list of `[[key]]` tables:
+    ///
+    /// ```toml
+    /// [[key]]
+    /// kid = "2026-11"             # printable ASCII, no spaces, at most 128 characters, unique
+    /// algorithm = "HS256"         # "HS256" or "EdDSA": the only algorithm this key accepts
+    /// state = "active"            # "active" (signs; exactly one key) or "verify" (verifies only)
+    /// secret_file = "/run/secrets/jwt-2026-11"   # HS256: file holding the secret, >= 32 bytes,
+    ///                                            # one trailing newline trimmed
+    /// # secret = "..."            # HS256: the secret inline (discouraged: it sits in this file)
+    ///
+    /// [[key]]
+    /// kid = "ed-2026-12"
+    /// algorithm = "EdDSA"
+    /// state = "verify"
+    /// private_key_file = "ed-2026-12.pem"   # EdDSA: PKCS#8 PEM (openssl genpkey -algorithm ed25519)
+    /// # public_key_file = "old.pub.pem"     # EdDSA, verify-only keys: SPKI PEM (openssl pkey -pubout)
+    /// ```
+    ///
+    /// Relative paths are taken from the key-set file's folder. Unknown fields, a missing or
+    /// duplicate kid, and any count of active keys but one are errors; every error names the
+    /// file, the kid (or the entry number) and the field.
+    pub fn load_file(path: impl AsRef<Path>) -> Result<Self, KeyRingError> {
+        let mut reader = StampingReader::default();
+        load_key_set(path.as_ref(), &mut reader)
+    }
 }
 
 pub(super) fn load_key_set(

@@ -1,24 +1,14 @@
-//! Signing and verifying keys: loaded from the environment or a key-set file, reloaded on change.
+//! The key ring (one signing key, verify-only others), from the environment or a random key.
 
 use std::fmt;
-use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use arc_swap::ArcSwap;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
-use jsonwebtoken::{DecodingKey, EncodingKey};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::key_set_file::load_key_set;
-use crate::secret_files;
-use crate::telemetry::metrics::JWT_KEYS;
+use super::key::{Key, KeyRingError, KeyState, build_hs256, invalid};
+use super::key_files::{read_key_file, trim_one_newline};
 
-/// Shortest HS256 secret accepted: RFC 7518 §3.2 asks for at least the hash size (256 bits).
-pub const MIN_HS256_SECRET_LEN: usize = 32;
 /// Variable holding the HS256 secret that signs (the platform's dual-key convention).
 pub const ENV_SECRET: &str = "JWT_SECRET_KEY";
 /// Variable holding the previous HS256 secret, still accepted while a rotation is under way.
@@ -26,253 +16,9 @@ pub const ENV_SECRET_OLD: &str = "JWT_SECRET_KEY_OLD";
 /// Suffix of the variable that names a file holding the value instead (`JWT_SECRET_KEY_FILE`).
 pub const ENV_FILE_SUFFIX: &str = "_FILE";
 
-/// Key material is small; a bigger file is a mistake and is not read whole.
-const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
-/// A kid is an identifier echoed into JWKS and logs, not a place for data.
-const MAX_KID_LEN: usize = 128;
 /// Hashed in front of an environment secret to derive its kid, so that the published kid is not
 /// a bare SHA-256 of the secret that could be matched against other systems' fingerprints.
 const KID_DOMAIN: &[u8] = b"portcullis jwt kid v1\0";
-
-/// Why keys could not be loaded. Messages name the source, the kid and the field; they never
-/// contain key material.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyRingError {
-    /// A key or a key set is unusable.
-    #[error("{context}: {problem}")]
-    Invalid {
-        /// Where: file or variable, kid, field.
-        context: String,
-        /// What is wrong.
-        problem: String,
-    },
-    /// A file could not be read.
-    #[error("{context}: cannot read {}: {source}", path.display())]
-    Io {
-        /// Where the file was named.
-        context: String,
-        /// The file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: io::Error,
-    },
-    /// The operating system's random source failed.
-    #[error("the OS random number generator failed: {0}")]
-    Random(getrandom::Error),
-}
-
-pub(super) fn invalid(context: impl Into<String>, problem: impl Into<String>) -> KeyRingError {
-    KeyRingError::Invalid {
-        context: context.into(),
-        problem: problem.into(),
-    }
-}
-
-/// The JWS algorithm a key is pinned to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyAlgorithm {
-    /// HMAC-SHA-256 with a shared secret; never published.
-    Hs256,
-    /// Ed25519 signatures; the public half is published in the JWKS.
-    EdDsa,
-}
-
-impl KeyAlgorithm {
-    /// The JOSE name, as it appears in a token's `alg` header.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Hs256 => "HS256",
-            Self::EdDsa => "EdDSA",
-        }
-    }
-
-    pub(super) const fn jwt(self) -> jsonwebtoken::Algorithm {
-        match self {
-            Self::Hs256 => jsonwebtoken::Algorithm::HS256,
-            Self::EdDsa => jsonwebtoken::Algorithm::EdDSA,
-        }
-    }
-}
-
-impl fmt::Display for KeyAlgorithm {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyState {
-    /// Signs new tokens (and verifies); exactly one per ring.
-    Active,
-    /// Only verifies: a key being introduced or retired.
-    VerifyOnly,
-}
-
-/// One key of a ring. Verify-only keys keep no private material at all.
-pub struct Key {
-    kid: String,
-    algorithm: KeyAlgorithm,
-    state: KeyState,
-    /// jsonwebtoken's keys wipe their bytes on drop.
-    signer: Option<EncodingKey>,
-    verifier: DecodingKey,
-    ed25519_public: Option<[u8; 32]>,
-}
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Key")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .field("state", &self.state)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Key {
-    /// An HS256 key. Refuses secrets shorter than [`MIN_HS256_SECRET_LEN`] bytes.
-    pub fn hs256(
-        kid: impl Into<String>,
-        secret: &[u8],
-        state: KeyState,
-    ) -> Result<Self, KeyRingError> {
-        let kid = kid.into();
-        let context = format!("key {kid:?}");
-        check_kid(&kid).map_err(|p| invalid(&context, p))?;
-        build_hs256(kid, secret, state).map_err(|p| invalid(context, p))
-    }
-
-    /// An Ed25519 key from a PKCS#8 PEM private key (`openssl genpkey -algorithm ed25519`).
-    pub fn ed25519_from_pkcs8_pem(
-        kid: impl Into<String>,
-        pem: &str,
-        state: KeyState,
-    ) -> Result<Self, KeyRingError> {
-        let kid = kid.into();
-        let context = format!("key {kid:?}");
-        check_kid(&kid).map_err(|p| invalid(&context, p))?;
-        build_ed25519_private(kid, pem, state).map_err(|p| invalid(context, p))
-    }
-
-    /// A verify-only Ed25519 key from an SPKI PEM public key (`openssl pkey -pubout`).
-    pub fn ed25519_public_from_pem(
-        kid: impl Into<String>,
-        pem: &str,
-    ) -> Result<Self, KeyRingError> {
-        let kid = kid.into();
-        let context = format!("key {kid:?}");
-        check_kid(&kid).map_err(|p| invalid(&context, p))?;
-        build_ed25519_public(kid, pem).map_err(|p| invalid(context, p))
-    }
-
-    /// The key id carried in token headers.
-    pub fn kid(&self) -> &str {
-        &self.kid
-    }
-
-    /// The only algorithm this key accepts.
-    pub fn algorithm(&self) -> KeyAlgorithm {
-        self.algorithm
-    }
-
-    /// Whether it signs.
-    pub fn state(&self) -> KeyState {
-        self.state
-    }
-
-    pub(super) fn signer(&self) -> Option<&EncodingKey> {
-        self.signer.as_ref()
-    }
-
-    pub(super) fn verifier(&self) -> &DecodingKey {
-        &self.verifier
-    }
-
-    pub(super) fn ed25519_public(&self) -> Option<&[u8; 32]> {
-        self.ed25519_public.as_ref()
-    }
-}
-
-pub(super) fn check_kid(kid: &str) -> Result<(), String> {
-    if kid.is_empty() || kid.len() > MAX_KID_LEN {
-        return Err(format!("kid must be 1 to {MAX_KID_LEN} characters"));
-    }
-    if !kid.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err("kid must be printable ASCII without spaces".to_owned());
-    }
-    Ok(())
-}
-
-pub(super) fn build_hs256(kid: String, secret: &[u8], state: KeyState) -> Result<Key, String> {
-    if secret.len() < MIN_HS256_SECRET_LEN {
-        // The length helps the operator; the secret itself never enters a message.
-        return Err(format!(
-            "HS256 secret is {} bytes; at least {MIN_HS256_SECRET_LEN} are required \
-             (make one with `openssl rand -hex 32`)",
-            secret.len()
-        ));
-    }
-    Ok(Key {
-        kid,
-        algorithm: KeyAlgorithm::Hs256,
-        state,
-        signer: (state == KeyState::Active).then(|| EncodingKey::from_secret(secret)),
-        verifier: DecodingKey::from_secret(secret),
-        ed25519_public: None,
-    })
-}
-
-pub(super) fn build_ed25519_private(
-    kid: String,
-    pem: &str,
-    state: KeyState,
-) -> Result<Key, String> {
-    // SigningKey and the PKCS#8 document both wipe themselves on drop.
-    let signing = SigningKey::from_pkcs8_pem(pem).map_err(|e| {
-        format!("not a PKCS#8 PEM Ed25519 private key ({e}); `openssl genpkey -algorithm ed25519` makes one")
-    })?;
-    let signer = match state {
-        KeyState::Active => {
-            let der = signing
-                .to_pkcs8_der()
-                .map_err(|e| format!("cannot re-encode the Ed25519 key ({e})"))?;
-            Some(EncodingKey::from_ed_der(der.as_bytes()))
-        }
-        KeyState::VerifyOnly => None,
-    };
-    ed25519_key(kid, signing.verifying_key(), state, signer)
-}
-
-pub(super) fn build_ed25519_public(kid: String, pem: &str) -> Result<Key, String> {
-    let public = VerifyingKey::from_public_key_pem(pem).map_err(|e| {
-        format!("not an SPKI PEM Ed25519 public key ({e}); `openssl pkey -pubout` makes one")
-    })?;
-    ed25519_key(kid, public, KeyState::VerifyOnly, None)
-}
-
-fn ed25519_key(
-    kid: String,
-    public: VerifyingKey,
-    state: KeyState,
-    signer: Option<EncodingKey>,
-) -> Result<Key, String> {
-    // A small-order point would accept forged signatures for many messages.
-    if public.is_weak() {
-        return Err("the Ed25519 public key is a weak (small-order) point".to_owned());
-    }
-    let raw = public.to_bytes();
-    Ok(Key {
-        kid,
-        algorithm: KeyAlgorithm::EdDsa,
-        state,
-        signer,
-        // jsonwebtoken wants the raw 32-byte public key here, not an SPKI document.
-        verifier: DecodingKey::from_ed_der(&raw),
-        ed25519_public: Some(raw),
-    })
-}
 
 /// The set of keys a replica signs and verifies with.
 pub struct KeyRing {
@@ -340,33 +86,6 @@ impl KeyRing {
         assemble(keys, "environment").map(Some)
     }
 
-    /// Loads a key-set file (TOML), a list of `[[key]]` tables:
-    ///
-    /// ```toml
-    /// [[key]]
-    /// kid = "2026-11"             # printable ASCII, no spaces, at most 128 characters, unique
-    /// algorithm = "HS256"         # "HS256" or "EdDSA": the only algorithm this key accepts
-    /// state = "active"            # "active" (signs; exactly one key) or "verify" (verifies only)
-    /// secret_file = "/run/secrets/jwt-2026-11"   # HS256: file holding the secret, >= 32 bytes,
-    ///                                            # one trailing newline trimmed
-    /// # secret = "..."            # HS256: the secret inline (discouraged: it sits in this file)
-    ///
-    /// [[key]]
-    /// kid = "ed-2026-12"
-    /// algorithm = "EdDSA"
-    /// state = "verify"
-    /// private_key_file = "ed-2026-12.pem"   # EdDSA: PKCS#8 PEM (openssl genpkey -algorithm ed25519)
-    /// # public_key_file = "old.pub.pem"     # EdDSA, verify-only keys: SPKI PEM (openssl pkey -pubout)
-    /// ```
-    ///
-    /// Relative paths are taken from the key-set file's folder. Unknown fields, a missing or
-    /// duplicate kid, and any count of active keys but one are errors; every error names the
-    /// file, the kid (or the entry number) and the field.
-    pub fn load_file(path: impl AsRef<Path>) -> Result<Self, KeyRingError> {
-        let mut reader = StampingReader::default();
-        load_key_set(path.as_ref(), &mut reader)
-    }
-
     /// A ring with one random 256-bit HS256 key, for a lone server with no key configured:
     /// its tokens die with the process and no other replica accepts them.
     pub fn generate_ephemeral() -> Result<Self, KeyRingError> {
@@ -390,30 +109,31 @@ impl KeyRing {
 
     /// The key a token's `kid` names (the kid is untrusted input: only compared).
     pub fn get(&self, kid: &str) -> Option<&Key> {
-        self.keys().find(|k| k.kid == kid)
+        self.keys().find(|k| k.kid() == kid)
     }
 }
 
 /// Checks the ring invariants; `origin` prefixes every message.
 pub(super) fn assemble(keys: Vec<Key>, origin: &str) -> Result<KeyRing, KeyRingError> {
     for (i, key) in keys.iter().enumerate() {
-        if keys.iter().take(i).any(|k| k.kid == key.kid) {
+        if keys.iter().take(i).any(|k| k.kid() == key.kid()) {
             return Err(invalid(
-                format!("{origin}, key {:?}, field `kid`", key.kid),
+                format!("{origin}, key {:?}, field `kid`", key.kid()),
                 "the kid appears more than once",
             ));
         }
     }
-    let (mut active, verify_only): (Vec<Key>, Vec<Key>) =
-        keys.into_iter().partition(|k| k.state == KeyState::Active);
+    let (mut active, verify_only): (Vec<Key>, Vec<Key>) = keys
+        .into_iter()
+        .partition(|k| k.state() == KeyState::Active);
     let only = active.pop();
     match (only, active.is_empty()) {
-        (Some(key), true) if key.signer.is_some() => Ok(KeyRing {
+        (Some(key), true) if key.signer().is_some() => Ok(KeyRing {
             active: key,
             verify_only,
         }),
         (Some(key), true) => Err(invalid(
-            format!("{origin}, key {:?}, field `state`", key.kid),
+            format!("{origin}, key {:?}, field `state`", key.kid()),
             "the active key has no private key to sign with",
         )),
         (None, _) => Err(invalid(
@@ -421,11 +141,7 @@ pub(super) fn assemble(keys: Vec<Key>, origin: &str) -> Result<KeyRing, KeyRingE
             "no key is active; exactly one must sign",
         )),
         (Some(last), false) => {
-            let kids: Vec<&str> = active
-                .iter()
-                .chain([&last])
-                .map(|k| k.kid.as_str())
-                .collect();
+            let kids: Vec<&str> = active.iter().chain([&last]).map(|k| k.kid()).collect();
             Err(invalid(
                 format!("{origin}, keys {kids:?}, field `state`"),
                 "more than one key is active; exactly one may sign",
@@ -473,169 +189,5 @@ fn env_secret(
             Ok(Some(bytes))
         }
         (None, None) => Ok(None),
-    }
-}
-
-pub(super) fn trim_one_newline(bytes: &mut Zeroizing<Vec<u8>>) {
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-}
-
-/// A file as it was when read (see [`secret_files::Stamp`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    path: PathBuf,
-    seen: secret_files::Stamp,
-}
-
-fn stamp_of(path: &Path) -> (Stamp, io::Result<Zeroizing<Vec<u8>>>) {
-    let read = read_key_file(path);
-    let stamp = Stamp {
-        path: path.to_owned(),
-        seen: secret_files::Stamp::of(path, &read),
-    };
-    (stamp, read)
-}
-
-fn read_key_file(path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
-    secret_files::read_capped(path, MAX_KEY_FILE_LEN)
-}
-
-/// Reads files and remembers a stamp of each, including those that failed, so that a reload
-/// after a failure notices when the missing or broken file appears or is fixed.
-#[derive(Debug, Default)]
-pub(super) struct StampingReader {
-    stamps: Vec<Stamp>,
-}
-
-impl StampingReader {
-    pub(super) fn read(&mut self, path: &Path) -> io::Result<Zeroizing<Vec<u8>>> {
-        let (stamp, read) = stamp_of(path);
-        self.stamps.push(stamp);
-        read
-    }
-}
-
-/// A key ring that follows its key-set file: readers take [`current`](Self::current), a poller
-/// calls [`reload_if_changed`](Self::reload_if_changed).
-pub struct ReloadingKeyRing {
-    ring: ArcSwap<KeyRing>,
-    path: Option<PathBuf>,
-    /// The files the last load read (key set and the files it names), as they were then.
-    /// The lock also keeps two reloads from racing.
-    seen: Mutex<Vec<Stamp>>,
-}
-
-impl fmt::Debug for ReloadingKeyRing {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReloadingKeyRing")
-            .field("path", &self.path)
-            .field("ring", &*self.ring.load())
-            .finish()
-    }
-}
-
-impl ReloadingKeyRing {
-    /// Loads the key-set file at `path` (see [`KeyRing::load_file`]) and remembers it for reloads.
-    pub fn open(path: impl Into<PathBuf>) -> Result<Self, KeyRingError> {
-        let path = path.into();
-        let mut reader = StampingReader::default();
-        let ring = load_key_set(&path, &mut reader)?;
-        publish_key_gauges(&ring, None);
-        Ok(Self {
-            ring: ArcSwap::from_pointee(ring),
-            path: Some(path),
-            seen: Mutex::new(reader.stamps),
-        })
-    }
-
-    /// A ring that never changes (keys from the environment, or ephemeral).
-    pub fn fixed(ring: impl Into<Arc<KeyRing>>) -> Self {
-        let ring = ring.into();
-        publish_key_gauges(&ring, None);
-        Self {
-            ring: ArcSwap::new(ring),
-            path: None,
-            seen: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// The key-set file followed, if any.
-    pub fn path(&self) -> Option<&Path> {
-        self.path.as_deref()
-    }
-
-    /// The ring in force now; cheap, lock-free.
-    pub fn current(&self) -> Arc<KeyRing> {
-        self.ring.load_full()
-    }
-
-    /// Reloads when the key-set file or any file it names changed (modification time, length
-    /// or SHA-256 of the content). `Ok(true)`: the new ring is in force. On error the previous
-    /// ring stays in force; the same broken state is reported once, then `Ok(false)` until a
-    /// file changes again.
-    pub fn reload_if_changed(&self) -> Result<bool, KeyRingError> {
-        let Some(path) = &self.path else {
-            return Ok(false);
-        };
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let unchanged = !seen.is_empty() && seen.iter().all(|old| stamp_of(&old.path).0 == *old);
-        if unchanged {
-            return Ok(false);
-        }
-        let mut reader = StampingReader::default();
-        let result = load_key_set(path, &mut reader);
-        *seen = reader.stamps;
-        let ring = result?;
-        publish_key_gauges(&ring, Some(&self.ring.load()));
-        self.ring.store(Arc::new(ring));
-        Ok(true)
-    }
-
-    /// Polls every `every` (at least 10 ms) until `stop` resolves, logging reloads and failures.
-    pub async fn watch(self: Arc<Self>, every: Duration, stop: impl Future<Output = ()>) {
-        if self.path.is_none() {
-            return;
-        }
-        let this = Arc::clone(&self);
-        let check = move || this.reload_if_changed();
-        let report = move |outcome: Result<Result<bool, KeyRingError>, _>| match outcome {
-            Ok(Ok(true)) => tracing::info!(
-                path = ?self.path,
-                active_kid = %self.current().active().kid(),
-                "JWT key set reloaded"
-            ),
-            Ok(Ok(false)) => {}
-            Ok(Err(error)) => tracing::warn!(
-                %error,
-                "JWT key set not reloaded; the previous keys stay in force"
-            ),
-            Err(error) => tracing::error!(%error, "JWT key set reload task failed"),
-        };
-        crate::periodic::poll_blocking(every, stop, check, report).await;
-    }
-}
-
-/// Publishes the keys of `ring` as 1 and those only in `previous` as 0 (the [`JWT_KEYS`] gauge).
-fn publish_key_gauges(ring: &KeyRing, previous: Option<&KeyRing>) {
-    let state = |k: &Key| match k.state() {
-        KeyState::Active => "active",
-        KeyState::VerifyOnly => "verify",
-    };
-    if let Some(previous) = previous {
-        for key in previous.keys() {
-            metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
-                "algorithm" => key.algorithm().as_str(), "state" => state(key))
-            .set(0.0);
-        }
-    }
-    for key in ring.keys() {
-        metrics::gauge!(JWT_KEYS, "kid" => key.kid().to_owned(),
-            "algorithm" => key.algorithm().as_str(), "state" => state(key))
-        .set(1.0);
     }
 }
