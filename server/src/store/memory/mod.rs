@@ -1,5 +1,5 @@
-//! The embedded store, for a single replica: rate-limit counters ([`ratelimit`]) and accounts
-//! ([`auth`]) in process memory, behind the same interfaces and with the same atomicity as
+//! The embedded store, for a single replica: rate-limit counters (`ratelimit.rs`) and accounts
+//! (`auth.rs`) in process memory, behind the same interfaces and with the same atomicity as
 //! Redis. Idle keys (TAT in the past, which is the same as absent), expired lockouts and
 //! sessions are swept out, so memory follows what is active, not all that was ever seen.
 

@@ -1,5 +1,5 @@
 //! The Redis store, on a single node or a Redis Cluster: every atomic step is one Lua script
-//! (`scripts/`), rate limiting in [`ratelimit`], accounts in [`auth`].
+//! (`scripts/`), rate limiting in `ratelimit.rs`, accounts in `auth.rs`.
 
 mod auth;
 mod batch;
