@@ -1,5 +1,6 @@
 //! A real Portcullis server run in-process on `127.0.0.1:0`, on the memory store, a shared
-//! single Redis or a shared Redis Cluster, stopped through a oneshot when dropped.
+//! single Redis or a shared Redis Cluster (or on any prepared config), stopped through a
+//! oneshot when dropped.
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -53,6 +54,37 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// A server run in-process on `127.0.0.1:0` with a prepared [`Config`], stopped when dropped.
+/// Tests that need a config [`TestServer`] does not make (TLS, no admin token) start this and
+/// connect as that config requires.
+#[derive(Debug)]
+pub struct InProcessServer {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Dropping this stops the server.
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl InProcessServer {
+    /// Binds `127.0.0.1:0` and runs `config` there until dropped; panics if the server fails.
+    pub async fn start(config: Config) -> InProcessServer {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = portcullis_server::run(config, listener, shutdown).await {
+                panic!("test server failed: {e}");
+            }
+        });
+        InProcessServer { addr, _stop: stop }
+    }
+}
+
 /// A running in-process server and a client connected to it.
 #[derive(Debug)]
 pub struct TestServer {
@@ -63,7 +95,7 @@ pub struct TestServer {
     /// Which store it runs on.
     pub backend: Backend,
     /// Dropping this stops the server.
-    _stop: tokio::sync::oneshot::Sender<()>,
+    _server: InProcessServer,
 }
 
 impl TestServer {
@@ -108,19 +140,8 @@ impl TestServer {
         .into();
         env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::load(&args, &env).expect("test config is valid");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("local addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = portcullis_server::run(config, listener, shutdown).await {
-                panic!("test server failed: {e}");
-            }
-        });
+        let server = InProcessServer::start(config).await;
+        let addr = server.addr;
         let client = PortcullisClient::connect(format!("http://{addr}"))
             .await
             .expect("connect to test server")
@@ -131,7 +152,7 @@ impl TestServer {
             addr,
             client,
             backend,
-            _stop: stop,
+            _server: server,
         }
     }
 }

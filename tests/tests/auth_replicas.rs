@@ -1,20 +1,26 @@
 //! End-to-end authentication over real `portcullis` processes: lockout counted across replicas
 //! on one Redis or a Redis Cluster, revocation reaching every replica, key rotation by live
-//! reload of a key-set file, tokens checked by an independent JWT library (PyJWT), refusals to
-//! start with unsafe keys, a login flood that keeps memory bounded, and secrets kept out of the
-//! log.
+//! reload of a key-set file, tokens checked both ways with an independent JWT library
+//! (jwt-simple, which shares no code with the server's jsonwebtoken), refusals to start with
+//! unsafe keys, a login flood that keeps memory bounded, and secrets kept out of the log.
 
 #![allow(clippy::unwrap_used)] // test helpers: a failed unwrap is a failed test
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File};
 use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use futures::future::join_all;
+use jwt_simple::prelude::{
+    Claims, Ed25519KeyPair, Ed25519PublicKey, EdDSAKeyPairLike, EdDSAPublicKeyLike, HS256Key,
+    HeaderOptions, JWTClaims, MACLike, Token, UnixTimeStamp, VerificationOptions,
+};
 use portcullis_client::pb;
 use portcullis_tests::auth::{AuthApi, admin_request, env_kid, refusal};
 use portcullis_tests::harness::{
@@ -39,36 +45,12 @@ const REVOCATION_DEADLINE: Duration = Duration::from_millis(1500);
 const KEY_SET_DEADLINE: Duration = Duration::from_secs(3);
 /// Longest a refused start may take before the test calls it a hang.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Exit code of [`PYJWT_SCRIPT`] when PyJWT or cryptography is not installed.
-const PYJWT_MISSING: i32 = 3;
 
 /// `[auth]` lines of every config: logins throttled by neither client IP nor tenant.
 const AUTH_BASE: &str =
     "login_limit_per_ip = \"100000/1m\"\nlogin_limit_per_tenant = \"100000/1m\"\n";
 /// Argon2 cheap enough for tests that are not about hashing cost.
 const CHEAP_ARGON2: &str = "[auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n";
-
-/// Verifies the token in `PORTCULLIS_TEST_TOKEN` with PyJWT, against the HS256 secret in
-/// `PORTCULLIS_TEST_SECRET` or the JWK in `PORTCULLIS_TEST_JWK`, and prints the header and
-/// claims as JSON. Secrets and tokens travel in the environment, never in argv.
-const PYJWT_SCRIPT: &str = r#"
-import json, os, sys
-try:
-    import jwt
-    import cryptography
-except ImportError as e:
-    print(e, file=sys.stderr)
-    sys.exit(3)
-token = os.environ["PORTCULLIS_TEST_TOKEN"]
-if "PORTCULLIS_TEST_JWK" in os.environ:
-    key = jwt.PyJWK(json.loads(os.environ["PORTCULLIS_TEST_JWK"])).key
-    algorithms = ["EdDSA"]
-else:
-    key = os.environ["PORTCULLIS_TEST_SECRET"]
-    algorithms = ["HS256"]
-claims = jwt.decode(token, key, algorithms=algorithms, audience="portcullis", issuer="portcullis")
-print(json.dumps({"header": jwt.get_unverified_header(token), "claims": claims}))
-"#;
 
 /// Serialises the test that saturates both cores with Argon2 and the test with a wall-clock
 /// propagation deadline, so the flood cannot make the deadline test miss its deadline.
@@ -203,26 +185,112 @@ fn kid_of(token: &str) -> String {
         .expect("access tokens carry a kid")
 }
 
-/// Verifies `token` with PyJWT given `key` (`PORTCULLIS_TEST_SECRET` or `PORTCULLIS_TEST_JWK`
-/// and its value); returns `{"header": ..., "claims": ...}`.
-fn pyjwt_decode(token: &str, key: (&str, &str)) -> Value {
-    let output = Command::new("python3")
-        .arg("-c")
-        .arg(PYJWT_SCRIPT)
-        .env("PORTCULLIS_TEST_TOKEN", token)
-        .env(key.0, key.1)
-        .stdin(Stdio::null())
-        .output()
-        .expect("python3 not found: install Python 3, then pip install pyjwt cryptography");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_ne!(
-        output.status.code(),
-        Some(PYJWT_MISSING),
-        "PyJWT is not installed ({}): pip install pyjwt cryptography",
-        stderr.trim()
-    );
-    assert!(output.status.success(), "PyJWT refused the token: {stderr}");
-    serde_json::from_slice(&output.stdout).unwrap()
+/// Issuer and audience of the test servers' tokens (the defaults).
+const ISSUER_AND_AUDIENCE: &str = "portcullis";
+/// The `typ` header of access tokens (RFC 9068).
+const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// The claims of an access token that jwt-simple does not model itself, kept as JSON.
+type OtherClaims = serde_json::Map<String, Value>;
+
+/// What the independent library verifies a token with.
+enum IndependentKey<'a> {
+    /// The HS256 secret the server shares.
+    Secret(&'a str),
+    /// An Ed25519 public key as GetJwks publishes it.
+    Jwk(&'a Value),
+}
+
+/// Verifies `token` with jwt-simple given `key`: the signature, with the key's own algorithm
+/// only; `iss` and `aud` both `portcullis`; `exp`, `nbf` and `iat` against the wall clock
+/// without leeway; the `typ` header. Returns `{"header": ..., "claims": ...}`.
+fn independent_decode(token: &str, key: IndependentKey<'_>) -> Value {
+    let options = VerificationOptions {
+        allowed_issuers: Some(HashSet::from([ISSUER_AND_AUDIENCE.to_owned()])),
+        allowed_audiences: Some(HashSet::from([ISSUER_AND_AUDIENCE.to_owned()])),
+        // jwt-simple matches it ignoring case; the exact value is asserted from the header.
+        required_signature_type: Some(ACCESS_TOKEN_TYPE.to_owned()),
+        // jwt-simple's own clock is coarse (up to a tick behind), which could put a token
+        // issued this very second in the future: the precise wall clock instead, no leeway.
+        artificial_time: Some(UnixTimeStamp::from_millis(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis()
+                .try_into()
+                .unwrap(),
+        )),
+        time_tolerance: None,
+        ..VerificationOptions::default()
+    };
+    let verified: Result<JWTClaims<OtherClaims>, _> = match key {
+        IndependentKey::Secret(secret) => {
+            HS256Key::from_bytes(secret.as_bytes()).verify_token(token, Some(options))
+        }
+        IndependentKey::Jwk(jwk) => {
+            // A key for EdDSA: OKP on Ed25519, naming no other algorithm.
+            assert_eq!(jwk["kty"], "OKP", "{jwk}");
+            assert_eq!(jwk["crv"], "Ed25519", "{jwk}");
+            assert!(jwk["alg"].is_null() || jwk["alg"] == "EdDSA", "{jwk}");
+            let x = URL_SAFE_NO_PAD
+                .decode(jwk["x"].as_str().expect("the JWK has x"))
+                .expect("x is base64url");
+            Ed25519PublicKey::from_bytes(&x)
+                .expect("x is an Ed25519 public key")
+                .verify_token(token, Some(options))
+        }
+    };
+    let claims = verified.unwrap_or_else(|e| panic!("jwt-simple refused the token: {e}"));
+    // Read without checks of its own: jwt-simple has checked the signature over it above.
+    let header = Token::decode_metadata(token).unwrap();
+    serde_json::json!({
+        "header": {
+            "alg": header.algorithm(),
+            "kid": header.key_id(),
+            "typ": header.signature_type(),
+        },
+        "claims": claims,
+    })
+}
+
+/// What the independent library signs a token with: the key and the kid the server knows it by.
+enum IndependentSigner {
+    Hs256(HS256Key),
+    EdDsa(Ed25519KeyPair),
+}
+
+/// Makes an access token with jwt-simple, as the server makes them: header `typ: at+jwt` and
+/// the signer's `kid`; claims `iss`, `aud`, `sub`, `tid`, `sid`, `jti`, `iat`, `nbf`, `exp`,
+/// `roles` and `scope`. Returns the token and its `exp`.
+fn independent_mint(
+    signer: &IndependentSigner,
+    login: &pb::LoginResponse,
+    tenant: &str,
+) -> (String, u64) {
+    let other: OtherClaims = serde_json::json!({
+        "tid": tenant,
+        "sid": login.session_id,
+        "roles": ROLES,
+        "scope": "api",
+    })
+    .as_object()
+    .unwrap()
+    .clone();
+    let claims = Claims::with_custom_claims(other, jwt_simple::prelude::Duration::from_mins(10))
+        .with_issuer(ISSUER_AND_AUDIENCE)
+        .with_audience(ISSUER_AND_AUDIENCE)
+        .with_subject(&login.user_id)
+        .with_jwt_id(unique("jwt-simple"));
+    let exp = claims.expires_at.unwrap().as_secs();
+    let header = HeaderOptions {
+        signature_type: Some(ACCESS_TOKEN_TYPE.to_owned()),
+        ..HeaderOptions::default()
+    };
+    let token = match signer {
+        IndependentSigner::Hs256(key) => key.authenticate_with_options(claims, &header),
+        IndependentSigner::EdDsa(key) => key.sign_with_options(claims, &header),
+    };
+    (token.unwrap(), exp)
 }
 
 /// Runs the portcullis binary with `args` and, besides the admin token, only `envs` among the
@@ -497,10 +565,12 @@ async fn key_rotation_with_live_reload_keeps_old_tokens_valid() {
     assert_eq!(kid_of(&login().await.access_token), "k2");
 }
 
-/// PyJWT, an independent implementation, accepts an HS256 token (given the shared secret) and
-/// an EdDSA token (given the public key from GetJwks), and reads the claims the spec lists.
+/// jwt-simple, an independent implementation, accepts an HS256 token (given the shared secret)
+/// and an EdDSA token (given the public key from GetJwks), and reads the claims the spec lists;
+/// and the server accepts the tokens jwt-simple makes with the same keys and reports their
+/// claims.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_verify_with_pyjwt() {
+async fn tokens_verify_with_an_independent_jwt_library() {
     let dir = TempDir::new().unwrap();
     generate_ed25519(dir.path(), "ed-1");
     let key_set = dir.path().join("keys.toml");
@@ -512,15 +582,18 @@ async fn tokens_verify_with_pyjwt() {
     let eddsa = spawn(1, eddsa_args, &[]).await;
 
     for (process, key_kind) in [(&hs256[0], "HS256"), (&eddsa[0], "EdDSA")] {
-        let tenant = unique("pyjwt");
+        let tenant = unique("jwt-simple");
         let api = connect(process, &tenant).await;
-        api.create_user("pythonista", PASSWORD, &ROLES, Some(false))
+        api.create_user("independent", PASSWORD, &ROLES, Some(false))
             .await;
-        let login = api.login("pythonista", PASSWORD).await.unwrap();
+        let login = api.login("independent", PASSWORD).await.unwrap();
         let kid = kid_of(&login.access_token);
-        let decoded = if key_kind == "HS256" {
+        let (decoded, signer) = if key_kind == "HS256" {
             assert_eq!(kid, env_kid(JWT_SECRET), "kid derived as the spec says");
-            pyjwt_decode(&login.access_token, ("PORTCULLIS_TEST_SECRET", JWT_SECRET))
+            let decoded =
+                independent_decode(&login.access_token, IndependentKey::Secret(JWT_SECRET));
+            let key = HS256Key::from_bytes(JWT_SECRET.as_bytes()).with_key_id(&kid);
+            (decoded, IndependentSigner::Hs256(key))
         } else {
             let jwks = api.jwks().await;
             let jwk = jwks["keys"]
@@ -529,12 +602,12 @@ async fn tokens_verify_with_pyjwt() {
                 .iter()
                 .find(|key| key["kid"] == kid.as_str())
                 .unwrap_or_else(|| panic!("GetJwks lacks the signing key {kid}: {jwks}"));
-            pyjwt_decode(
-                &login.access_token,
-                ("PORTCULLIS_TEST_JWK", &jwk.to_string()),
-            )
+            let decoded = independent_decode(&login.access_token, IndependentKey::Jwk(jwk));
+            let pem = fs::read_to_string(dir.path().join("ed-1.pem")).unwrap();
+            let key = Ed25519KeyPair::from_pem(&pem).unwrap().with_key_id(&kid);
+            (decoded, IndependentSigner::EdDsa(key))
         };
-        eprintln!("{key_kind} token as PyJWT reads it: {decoded}");
+        eprintln!("{key_kind} token as jwt-simple reads it: {decoded}");
         let (header, claims) = (&decoded["header"], &decoded["claims"]);
         assert_eq!(header["typ"], "at+jwt");
         assert_eq!(header["alg"], key_kind);
@@ -547,6 +620,23 @@ async fn tokens_verify_with_pyjwt() {
         for claim in ["jti", "iat", "nbf", "exp"] {
             assert!(!claims[claim].is_null(), "claim {claim} missing: {claims}");
         }
+
+        // The other way round: a token jwt-simple made with the same key verifies here.
+        let (minted, exp) = independent_mint(&signer, &login, &tenant);
+        let verified = api
+            .verify(&minted)
+            .await
+            .unwrap_or_else(|e| panic!("the server refused jwt-simple's {key_kind} token: {e:?}"));
+        assert_eq!(verified.user_id, login.user_id);
+        assert_eq!(verified.tenant_id, tenant);
+        assert_eq!(verified.session_id, login.session_id);
+        assert_eq!(verified.roles, ROLES);
+        assert_eq!(verified.scopes, ["api"]);
+        assert_eq!(verified.key_id, kid);
+        assert_eq!(
+            verified.expires_at.map(|at| at.seconds),
+            Some(i64::try_from(exp).unwrap())
+        );
     }
 }
 

@@ -19,6 +19,7 @@ use hyper_util::rt::TokioIo;
 use portcullis_client::PortcullisClient;
 use portcullis_server::config::Config;
 use portcullis_tests::harness::{ManagedChild, free_port, portcullis_binary};
+use portcullis_tests::server::InProcessServer;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SerialNumber,
@@ -138,28 +139,13 @@ impl Files {
 // Servers and clients
 // ---------------------------------------------------------------------------------------------
 
-/// A server run in-process on 127.0.0.1 (memory store), stopped when dropped.
-struct Server {
-    addr: SocketAddr,
-    _stop: tokio::sync::oneshot::Sender<()>,
-}
-
-async fn start(args: &[String]) -> Server {
+/// A server run in-process on 127.0.0.1 (memory store) with `args`, stopped when dropped. No
+/// environment: no admin token, no JWT key; and no admin port.
+async fn start(args: &[String]) -> InProcessServer {
     let mut argv: Vec<String> = vec!["portcullis".into(), "--metrics-listen".into(), "off".into()];
     argv.extend(args.iter().cloned());
     let config = Config::load(&argv, &HashMap::<String, String>::new()).expect("valid config");
-    let listener = tokio::net::TcpListener::bind((LOOPBACK, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = portcullis_server::run(config, listener, shutdown).await {
-            panic!("TLS test server failed: {e}");
-        }
-    });
-    Server { addr, _stop: stop }
+    InProcessServer::start(config).await
 }
 
 fn https(addr: SocketAddr) -> String {
