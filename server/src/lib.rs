@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod config;
+pub mod env;
 pub mod grpc;
 pub mod periodic;
 pub mod ratelimit;

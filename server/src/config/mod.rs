@@ -2,7 +2,6 @@
 //! then flags; validated into one [`Config`]. The environment is read through [`EnvSource`] so
 //! tests pass a map instead of mutating the process environment.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,37 +22,10 @@ use crate::ratelimit::{FailMode, LimiterSettings, keys};
 use crate::store::redis::{RedisSecurity, RedisTarget};
 use crate::telemetry::logs::LogFormat;
 
+pub use crate::env::{EnvSource, ProcessEnv};
 pub use auth::{AuthConfig, KeySource};
 pub use secrets::{DotEnv, WithDotEnv};
 pub use tls::{ServerTls, TlsConfig, TlsFile};
-
-/// Where environment variables come from.
-pub trait EnvSource {
-    /// The variable's value, if set.
-    fn var(&self, name: &str) -> Option<String>;
-
-    /// The variable's value when set to something: an empty variable counts as unset, as
-    /// container runtimes and shells often leave them.
-    fn non_empty(&self, name: &str) -> Option<String> {
-        self.var(name).filter(|v| !v.is_empty())
-    }
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl EnvSource for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
 
 /// The admin bearer token: zeroized on drop, never shown by `Debug`.
 #[derive(Clone)]
@@ -632,6 +604,8 @@ fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     /// A JWT secret long enough to be accepted.
