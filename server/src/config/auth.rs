@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, EnvSource, duration_setting, invalid, pick};
+use super::settings::{ACCESS_TOKEN_TTL, JWT_AUDIENCE, JWT_ISSUER, JWT_KEY_SET};
+use super::{ConfigError, EnvSource, duration_setting, duration_value, invalid, pick_or_default};
 use crate::auth::model::LockoutSettings;
 use crate::auth::password::{Argon2Params, DEFAULT_QUEUE_TIMEOUT, PasswordPolicy, default_permits};
 use crate::auth::tokens::{ENV_SECRET, KeyRing};
@@ -150,7 +151,7 @@ impl AuthConfig {
     ) -> Result<Self, ConfigError> {
         let key_set = flags
             .jwt_key_set
-            .or_else(|| env.non_empty("PORTCULLIS_JWT_KEY_SET").map(PathBuf::from))
+            .or_else(|| env.non_empty(JWT_KEY_SET.env).map(PathBuf::from))
             .or(file.jwt_key_set);
         let from_env = KeyRing::from_env(&|name| env.var(name)).map_err(|e| {
             // KeyRingError never carries key material.
@@ -176,32 +177,14 @@ impl AuthConfig {
             (None, None) => KeySource::Ephemeral,
         };
 
-        let text = |flag: Option<String>, var: &str, file: Option<String>, key: &str| {
-            pick(flag, env, var, file, &format!("auth.{key}"))
-        };
-        let issuer = text(
-            flags.jwt_issuer,
-            "PORTCULLIS_JWT_ISSUER",
-            file.issuer,
-            "issuer",
-        )
-        .map_or_else(|| "portcullis".to_owned(), |(v, _)| v);
-        let audience = text(
-            flags.jwt_audience,
-            "PORTCULLIS_JWT_AUDIENCE",
-            file.audience,
-            "audience",
-        )
-        .map_or_else(|| "portcullis".to_owned(), |(v, _)| v);
-        let access_ttl = duration_setting(
-            text(
-                flags.access_token_ttl,
-                "PORTCULLIS_ACCESS_TOKEN_TTL",
-                file.access_token_ttl,
-                "access_token_ttl",
-            ),
-            Duration::from_secs(30 * 60),
-        )?;
+        let (issuer, _) = pick_or_default(&JWT_ISSUER, flags.jwt_issuer, env, file.issuer);
+        let (audience, _) = pick_or_default(&JWT_AUDIENCE, flags.jwt_audience, env, file.audience);
+        let access_ttl = duration_value(pick_or_default(
+            &ACCESS_TOKEN_TTL,
+            flags.access_token_ttl,
+            env,
+            file.access_token_ttl,
+        ))?;
         if access_ttl < Duration::from_secs(1) {
             return Err(invalid("access token ttl", "must be at least 1s"));
         }

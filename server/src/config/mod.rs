@@ -10,9 +10,10 @@ use std::time::Duration;
 mod auth;
 mod redis;
 mod secrets;
+mod settings;
 mod tls;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
@@ -21,6 +22,7 @@ use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
 use crate::ratelimit::{FailMode, LimiterSettings, keys};
 use crate::store::redis::{RedisSecurity, RedisTarget};
 use crate::telemetry::logs::LogFormat;
+use settings::{Plain, Setting};
 
 pub use crate::env::{EnvSource, ProcessEnv};
 pub use auth::{AuthConfig, KeySource};
@@ -118,66 +120,64 @@ fn invalid(setting: impl Into<String>, reason: impl std::fmt::Display) -> Config
 ///
 /// Every flag can also be set by the environment variable named in its help, and in the TOML
 /// file given by --config; flags win over variables, variables over the file.
+// (Not in the help text above:) each flag's variable and default are appended to its help from
+// the table in `settings.rs`, which resolving reads too, so the two cannot disagree.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version)]
 struct Flags {
-    /// gRPC listen address [env: PORTCULLIS_LISTEN] [default: 127.0.0.1:50051]
+    /// gRPC listen address
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// TOML config file [env: PORTCULLIS_CONFIG]
+    /// TOML config file
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Single Redis node, redis:// or rediss:// [env: PORTCULLIS_REDIS_URL]; without it or
-    /// --redis-cluster, the embedded memory store is used
+    /// Single Redis node, redis:// or rediss://; without it or --redis-cluster, the embedded
+    /// memory store is used
     #[arg(long, value_name = "URL")]
     redis_url: Option<String>,
-    /// Seed nodes of a Redis Cluster [env: PORTCULLIS_REDIS_CLUSTER]
+    /// Seed nodes of a Redis Cluster
     #[arg(long, value_name = "URL,URL,...")]
     redis_cluster: Option<String>,
-    /// PEM bundle of the CAs that sign Redis's certificates (rediss:// only)
-    /// [env: PORTCULLIS_REDIS_CA_FILE]; the password comes from PORTCULLIS_REDIS_PASSWORD or
-    /// PORTCULLIS_REDIS_PASSWORD_FILE, the ACL user from PORTCULLIS_REDIS_USERNAME
+    /// PEM bundle of the CAs that sign Redis's certificates (rediss:// only); the password comes
+    /// from PORTCULLIS_REDIS_PASSWORD or PORTCULLIS_REDIS_PASSWORD_FILE, the ACL user from
+    /// PORTCULLIS_REDIS_USERNAME
     #[arg(long, value_name = "FILE")]
     redis_ca_file: Option<PathBuf>,
-    /// PEM client certificate presented to Redis [env: PORTCULLIS_REDIS_CLIENT_CERT]
+    /// PEM client certificate presented to Redis
     #[arg(long, value_name = "FILE")]
     redis_client_cert: Option<PathBuf>,
-    /// PEM key of the Redis client certificate [env: PORTCULLIS_REDIS_CLIENT_KEY]
+    /// PEM key of the Redis client certificate
     #[arg(long, value_name = "FILE")]
     redis_client_key: Option<PathBuf>,
-    /// envoyproxy/ratelimit YAML file or folder [env: PORTCULLIS_ENVOY_CONFIG]
+    /// envoyproxy/ratelimit YAML file or folder
     #[arg(long, value_name = "PATH")]
     envoy_config: Option<PathBuf>,
-    /// Default limit for every tenant, e.g. 60/1m [env: PORTCULLIS_DEFAULT_LIMIT] [default: 60/1m]
+    /// Default limit for every tenant, e.g. 60/1m
     #[arg(long, value_name = "RATE/PERIOD")]
     default_limit: Option<String>,
-    /// What Check answers when the store does not answer in time [env: PORTCULLIS_FAIL_MODE]
-    /// [default: closed]
+    /// What Check answers when the store does not answer in time
     #[arg(long, value_name = "open|closed")]
     fail_mode: Option<String>,
     /// Longest wait for the store before the fail mode decides, e.g. 100ms
-    /// [env: PORTCULLIS_STORE_TIMEOUT] [default: 100ms]
     #[arg(long, value_name = "DURATION")]
     store_timeout: Option<String>,
-    /// JWT key-set file, reloaded when it changes [env: PORTCULLIS_JWT_KEY_SET]; without it the
-    /// HS256 secret comes from JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
+    /// JWT key-set file, reloaded when it changes; without it the HS256 secret comes from
+    /// JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
     #[arg(long, value_name = "FILE")]
     jwt_key_set: Option<PathBuf>,
     /// Admin HTTP address for /metrics, /livez and /readyz, or "off"
-    /// [env: PORTCULLIS_METRICS_LISTEN] [default: 127.0.0.1:9090]
     #[arg(long, value_name = "ADDR|off")]
     metrics_listen: Option<String>,
     /// Log lines as JSON objects or as text; audit events are JSON either way
-    /// [env: PORTCULLIS_LOG_FORMAT] [default: json, text when stderr is a terminal]
     #[arg(long, value_name = "json|text")]
     log_format: Option<String>,
-    /// `iss` of access tokens [env: PORTCULLIS_JWT_ISSUER] [default: portcullis]
+    /// `iss` of access tokens
     #[arg(long, value_name = "ISSUER")]
     jwt_issuer: Option<String>,
-    /// `aud` of access tokens [env: PORTCULLIS_JWT_AUDIENCE] [default: portcullis]
+    /// `aud` of access tokens
     #[arg(long, value_name = "AUDIENCE")]
     jwt_audience: Option<String>,
-    /// Access-token lifetime [env: PORTCULLIS_ACCESS_TOKEN_TTL] [default: 30m]
+    /// Access-token lifetime
     #[arg(long, value_name = "DURATION")]
     access_token_ttl: Option<String>,
     #[command(flatten)]
@@ -257,49 +257,52 @@ struct EnvoySection {
 }
 
 /// One setting from flag, env or file (in that order of precedence), with where it came from.
-fn pick(
+fn pick<D>(
+    setting: &Setting<D>,
     flag: Option<String>,
     env: &dyn EnvSource,
-    var: &str,
     file: Option<String>,
-    key: &str,
 ) -> Option<(String, String)> {
-    flag.map(|v| {
-        (
-            v,
-            format!(
-                "--{}",
-                var.trim_start_matches("PORTCULLIS_")
-                    .to_lowercase()
-                    .replace('_', "-")
-            ),
-        )
-    })
-    .or_else(|| env.non_empty(var).map(|v| (v, var.to_owned())))
-    .or_else(|| file.map(|v| (v, format!("config file: {key}"))))
+    flag.map(|v| (v, setting.name()))
+        .or_else(|| {
+            env.non_empty(setting.env)
+                .map(|v| (v, setting.env.to_owned()))
+        })
+        .or_else(|| file.map(|v| (v, setting.file_origin())))
+}
+
+/// [`pick`], or else the setting's default, which the caller parses like a given value.
+fn pick_or_default(
+    setting: &Setting<Plain>,
+    flag: Option<String>,
+    env: &dyn EnvSource,
+    file: Option<String>,
+) -> (String, String) {
+    pick(setting, flag, env, file).unwrap_or_else(|| setting.default_value())
+}
+
+/// A duration such as `100ms` or `30m`; errors name `origin`.
+fn duration_value((text, origin): (String, String)) -> Result<Duration, ConfigError> {
+    parse_period(&text).map_err(|e| invalid(origin, e.reason))
 }
 
 fn duration_setting(
     value: Option<(String, String)>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some((text, origin)) => parse_period(&text).map_err(|e| invalid(origin, e.reason)),
-    }
+    value.map_or(Ok(default), duration_value)
 }
 
-fn fail_mode_setting(value: Option<(String, String)>) -> Result<Option<FailMode>, ConfigError> {
-    value
-        .map(|(text, origin)| match text.as_str() {
-            "open" => Ok(FailMode::Open),
-            "closed" => Ok(FailMode::Closed),
-            other => Err(invalid(
-                origin,
-                format!("expected open or closed, got {other:?}"),
-            )),
-        })
-        .transpose()
+/// `open` or `closed` as a flag or variable gives it (the file also takes `unavailable`).
+fn fail_mode_value((text, origin): (String, String)) -> Result<FailMode, ConfigError> {
+    match text.as_str() {
+        "open" => Ok(FailMode::Open),
+        "closed" => Ok(FailMode::Closed),
+        other => Err(invalid(
+            origin,
+            format!("expected open or closed, got {other:?}"),
+        )),
+    }
 }
 
 impl Config {
@@ -308,16 +311,19 @@ impl Config {
         args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
         env: &dyn EnvSource,
     ) -> Result<Self, ConfigError> {
-        let flags = Flags::try_parse_from(args).map_err(|e| match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                ConfigError::Help(e.to_string())
-            }
-            _ => ConfigError::Usage(e.to_string()),
-        })?;
+        let flags = settings::document(Flags::command())
+            .try_get_matches_from(args)
+            .and_then(|matches| Flags::from_arg_matches(&matches))
+            .map_err(|e| match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ConfigError::Help(e.to_string())
+                }
+                _ => ConfigError::Usage(e.to_string()),
+            })?;
         let config_path = flags
             .config
             .clone()
-            .or_else(|| env.non_empty("PORTCULLIS_CONFIG").map(PathBuf::from));
+            .or_else(|| env.non_empty(settings::CONFIG.env).map(PathBuf::from));
         let file = match &config_path {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -326,32 +332,22 @@ impl Config {
     }
 
     fn resolve(flags: Flags, file: FileConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
-        let listen = match pick(
-            flags.listen,
-            env,
-            "PORTCULLIS_LISTEN",
-            file.listen,
-            "listen",
-        ) {
-            None => SocketAddr::from(([127, 0, 0, 1], 50051)),
-            Some((text, origin)) => text.parse().map_err(|e| {
-                invalid(
-                    origin,
-                    format!("{text:?} is not an address such as 127.0.0.1:50051: {e}"),
-                )
-            })?,
-        };
+        let (text, origin) = pick_or_default(&settings::LISTEN, flags.listen, env, file.listen);
+        let listen: SocketAddr = text.parse().map_err(|e| {
+            invalid(
+                origin,
+                format!("{text:?} is not an address such as 127.0.0.1:50051: {e}"),
+            )
+        })?;
 
-        let metrics_listen = match pick(
+        let metrics_listen = match pick_or_default(
+            &settings::METRICS_LISTEN,
             flags.metrics_listen,
             env,
-            "PORTCULLIS_METRICS_LISTEN",
             file.metrics_listen,
-            "metrics_listen",
         ) {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
-            Some((text, _)) if text == "off" => None,
-            Some((text, origin)) => Some(text.parse().map_err(|e| {
+            (text, _) if text == "off" => None,
+            (text, origin) => Some(text.parse().map_err(|e| {
                 invalid(
                     origin,
                     format!("{text:?} is not an address such as 127.0.0.1:9090, nor off: {e}"),
@@ -360,11 +356,10 @@ impl Config {
         };
 
         let log_format = match pick(
+            &settings::LOG_FORMAT,
             flags.log_format,
             env,
-            "PORTCULLIS_LOG_FORMAT",
             file.log_format,
-            "log_format",
         ) {
             None => LogFormat::for_stderr(),
             Some((text, origin)) => LogFormat::parse(&text)
@@ -372,19 +367,17 @@ impl Config {
         };
 
         let redis_url = pick(
+            &settings::REDIS_URL,
             flags.redis_url,
             env,
-            "PORTCULLIS_REDIS_URL",
             file.store.redis_url,
-            "store.redis_url",
         );
         let cluster_from_file = file.store.redis_cluster.map(|v| v.join(","));
         let redis_cluster = pick(
+            &settings::REDIS_CLUSTER,
             flags.redis_cluster,
             env,
-            "PORTCULLIS_REDIS_CLUSTER",
             cluster_from_file,
-            "store.redis_cluster",
         );
         let store = match (redis_url, redis_cluster) {
             (Some(_), Some(_)) => {
@@ -428,24 +421,19 @@ impl Config {
         )?;
 
         let file_default = file.limits.default.map(|d| (d.rate, d.period, d.burst));
+        // The file's default is a table, so it comes between the variable and the default.
+        let spec = |(spec, origin): (String, String)| {
+            Limit::parse_spec(&spec).map_err(|e| invalid(origin, e))
+        };
         let default_limit = match (
-            pick(
-                flags.default_limit,
-                env,
-                "PORTCULLIS_DEFAULT_LIMIT",
-                None,
-                "limits.default",
-            ),
+            pick(&settings::DEFAULT_LIMIT, flags.default_limit, env, None),
             file_default,
         ) {
-            (Some((spec, origin)), _) => {
-                Limit::parse_spec(&spec).map_err(|e| invalid(origin, e))?
-            }
+            (Some(given), _) => spec(given)?,
             (None, Some((rate, period, burst))) => {
                 file_limit("limits.default", rate, &period, burst)?
             }
-            (None, None) => Limit::new(60, Duration::from_secs(60), 60)
-                .map_err(|e| invalid("default limit", e))?,
+            (None, None) => spec(settings::DEFAULT_LIMIT.default_value())?,
         };
 
         let mut overrides = Vec::with_capacity(file.limits.overrides.len());
@@ -471,7 +459,7 @@ impl Config {
 
         let envoy_path = flags
             .envoy_config
-            .or_else(|| env.non_empty("PORTCULLIS_ENVOY_CONFIG").map(PathBuf::from))
+            .or_else(|| env.non_empty(settings::ENVOY_CONFIG.env).map(PathBuf::from))
             .or(file.envoy.config);
         let envoy = match envoy_path {
             Some(path) => EnvoyConfig::load(&path).map_err(|e| invalid("envoy config", e))?,
@@ -479,25 +467,21 @@ impl Config {
         };
 
         let defaults = LimiterSettings::default();
-        let check_fail_mode = fail_mode_setting(pick(
-            flags.fail_mode,
+        // The file's fail mode also takes `unavailable`, so it is read by serde, after the
+        // flag and variable.
+        let check_fail_mode = match pick(&settings::FAIL_MODE, flags.fail_mode, env, None) {
+            Some(given) => fail_mode_value(given)?,
+            None => match file.store.fail_mode {
+                Some(mode) => mode,
+                None => fail_mode_value(settings::FAIL_MODE.default_value())?,
+            },
+        };
+        let store_timeout = duration_value(pick_or_default(
+            &settings::STORE_TIMEOUT,
+            flags.store_timeout,
             env,
-            "PORTCULLIS_FAIL_MODE",
-            None,
-            "store.fail_mode",
-        ))?
-        .or(file.store.fail_mode)
-        .unwrap_or(defaults.check_fail_mode);
-        let store_timeout = duration_setting(
-            pick(
-                flags.store_timeout,
-                env,
-                "PORTCULLIS_STORE_TIMEOUT",
-                file.store.timeout,
-                "store.timeout",
-            ),
-            defaults.store_timeout,
-        )?;
+            file.store.timeout,
+        ))?;
         let limiter = LimiterSettings {
             store_timeout,
             check_fail_mode,

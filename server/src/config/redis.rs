@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use super::secrets::{read_small, secret};
+use super::settings::{REDIS_CA_FILE, REDIS_CLIENT_CERT, REDIS_CLIENT_KEY, REDIS_USERNAME};
 use super::{ConfigError, EnvSource, StoreConfig, invalid, pick};
 use crate::store::redis::{RedisSecurity, RedisTarget};
 
@@ -49,34 +50,20 @@ pub(super) fn resolve(
     env: &dyn EnvSource,
     store: &StoreConfig,
 ) -> Result<RedisSecurity, ConfigError> {
-    let username = pick(
-        None,
-        env,
-        "PORTCULLIS_REDIS_USERNAME",
-        file.username,
-        "store.redis_username",
-    );
+    let username = pick(&REDIS_USERNAME, None, env, file.username);
     let password = secret(env, "PORTCULLIS_REDIS_PASSWORD")?;
-    let ca = pick(
-        path_text(flags.ca_file),
-        env,
-        "PORTCULLIS_REDIS_CA_FILE",
-        file.ca_file,
-        "store.redis_ca_file",
-    );
+    let ca = pick(&REDIS_CA_FILE, path_text(flags.ca_file), env, file.ca_file);
     let cert = pick(
+        &REDIS_CLIENT_CERT,
         path_text(flags.client_cert),
         env,
-        "PORTCULLIS_REDIS_CLIENT_CERT",
         file.client_cert,
-        "store.redis_client_cert",
     );
     let key = pick(
+        &REDIS_CLIENT_KEY,
         path_text(flags.client_key),
         env,
-        "PORTCULLIS_REDIS_CLIENT_KEY",
         file.client_key,
-        "store.redis_client_key",
     );
     let anything =
         username.is_some() || password.is_some() || ca.is_some() || cert.is_some() || key.is_some();
