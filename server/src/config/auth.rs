@@ -115,13 +115,22 @@ struct Argon2Section {
     queue_timeout: Option<String>,
 }
 
-/// The auth flags, passed in from the command line.
-#[derive(Debug, Default)]
+/// The auth flags, flattened into the command line.
+#[derive(Debug, Default, clap::Args)]
 pub(super) struct AuthFlags {
-    pub jwt_key_set: Option<PathBuf>,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub access_token_ttl: Option<String>,
+    /// JWT key-set file, reloaded when it changes; without it the HS256 secret comes from
+    /// JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
+    #[arg(long, value_name = "FILE")]
+    jwt_key_set: Option<PathBuf>,
+    /// `iss` of access tokens
+    #[arg(long, value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` of access tokens
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Access-token lifetime
+    #[arg(long, value_name = "DURATION")]
+    access_token_ttl: Option<String>,
 }
 
 fn limit_setting(value: Option<String>, key: &str, default: &str) -> Result<Limit, ConfigError> {
@@ -292,5 +301,101 @@ impl AuthConfig {
             revocation_poll,
             key_set_poll: file_duration(file.key_set_poll, "key_set_poll", Duration::from_secs(1))?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{SECRET_32, load};
+    use super::*;
+
+    #[test]
+    fn auth_defaults_follow_the_guide() {
+        let c = load(&[], &[]).unwrap();
+        let a = &c.auth;
+        assert!(matches!(a.keys, KeySource::Ephemeral));
+        assert_eq!(
+            (a.issuer.as_str(), a.audience.as_str()),
+            ("portcullis", "portcullis")
+        );
+        assert_eq!(a.access_ttl, Duration::from_secs(1800));
+        assert_eq!(a.lockout.max_failures, 5);
+        assert_eq!(a.lockout.window, Duration::from_secs(900));
+        assert_eq!(a.lockout.lock_for, Some(Duration::from_secs(900)));
+        assert_eq!(
+            (
+                a.argon2.memory_kib,
+                a.argon2.iterations,
+                a.argon2.parallelism
+            ),
+            (65_536, 3, 4)
+        );
+        assert_eq!(a.audit_retention_days, 365);
+        assert!(!a.reveal_lockout);
+    }
+
+    #[test]
+    fn auth_settings_from_flags_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nissuer = \"file-iss\"\nreveal_lockout = true\npassword_policy = \"nist\"\n\
+             [auth.tenant_password_policy]\nacme = \"guide\"\n\
+             [auth.lockout]\nmax_failures = 3\nduration = \"until-unlock\"\n\
+             [auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\npermits = 3\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = load(
+            &["--config", p, "--access-token-ttl", "5m"],
+            &[
+                ("PORTCULLIS_JWT_AUDIENCE", "svc"),
+                ("JWT_SECRET_KEY", SECRET_32),
+            ],
+        )
+        .unwrap();
+        let a = &c.auth;
+        assert!(matches!(a.keys, KeySource::Env(_)));
+        assert_eq!(
+            (a.issuer.as_str(), a.audience.as_str()),
+            ("file-iss", "svc")
+        );
+        assert_eq!(a.access_ttl, Duration::from_secs(300));
+        assert_eq!((a.lockout.max_failures, a.lockout.lock_for), (3, None));
+        assert!(a.reveal_lockout);
+        assert_eq!(a.default_policy, PasswordPolicy::Nist);
+        assert_eq!(a.tenant_policies.get("acme"), Some(&PasswordPolicy::Guide));
+        assert_eq!((a.argon2.memory_kib, a.hash_permits), (1024, 3));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(SECRET_32), "{shown}");
+    }
+
+    #[test]
+    fn shared_stores_need_a_shared_key() {
+        let e = load(&["--redis-url", "redis://h"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("JWT_SECRET_KEY") && e.contains("--jwt-key-set"),
+            "{e}"
+        );
+        let c = load(
+            &["--redis-url", "redis://h"],
+            &[("JWT_SECRET_KEY", SECRET_32)],
+        )
+        .unwrap();
+        assert!(matches!(c.auth.keys, KeySource::Env(_)));
+        let e = load(&[], &[("JWT_SECRET_KEY", "short-secret-value")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("32") && !e.contains("short-secret-value"), "{e}");
+        let both = load(
+            &["--jwt-key-set", "/x.toml"],
+            &[("JWT_SECRET_KEY", SECRET_32)],
+        );
+        assert!(both.is_err());
+        let bad = load(&["--access-token-ttl", "0s"], &[]);
+        assert!(bad.is_err());
     }
 }

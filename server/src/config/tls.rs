@@ -215,18 +215,7 @@ impl TlsConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use super::super::{Config, ConfigError};
-
-    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let argv = std::iter::once("portcullis").chain(args.iter().copied());
-        let env: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load(argv, &env)
-    }
+    use super::super::testing::load;
 
     fn error(args: &[&str], vars: &[(&str, &str)]) -> String {
         load(args, vars).unwrap_err().to_string()
