@@ -12,6 +12,7 @@ use super::settings::{ACCESS_TOKEN_TTL, JWT_AUDIENCE, JWT_ISSUER, JWT_KEY_SET};
 use super::{ConfigError, EnvSource, duration_setting, duration_value, invalid, pick_or_default};
 use crate::auth::model::LockoutSettings;
 use crate::auth::password::{Argon2Params, DEFAULT_QUEUE_TIMEOUT, PasswordPolicy, default_permits};
+use crate::auth::service::{AuthSettings, LoginLimits};
 use crate::auth::tokens::{ENV_SECRET, KeyRing};
 use crate::ratelimit::keys;
 use crate::ratelimit::policy::Limit;
@@ -33,38 +34,17 @@ pub enum KeySource {
 /// Authentication settings, validated.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
+    /// What the authenticator enforces (token claims and lifetime, sessions, lockout, password
+    /// policies, login throttles, audit retention), built here whole so each is written once.
+    pub settings: AuthSettings,
     /// Signing and verification keys.
     pub keys: KeySource,
-    /// `iss` of issued tokens.
-    pub issuer: String,
-    /// `aud` of issued tokens.
-    pub audience: String,
-    /// Access-token lifetime.
-    pub access_ttl: Duration,
-    /// A session ends when not refreshed for this long.
-    pub session_idle: Duration,
-    /// A session ends this long after its login.
-    pub session_lifetime: Duration,
-    /// Failures before a lock, their window, and the lock's length.
-    pub lockout: LockoutSettings,
-    /// Whether a locked account says so.
-    pub reveal_lockout: bool,
-    /// The policy of tenants not listed in `tenant_policies`.
-    pub default_policy: PasswordPolicy,
-    /// Per-tenant password policies.
-    pub tenant_policies: HashMap<String, PasswordPolicy>,
     /// Cost of new hashes (older ones are upgraded at login).
     pub argon2: Argon2Params,
     /// Hashes computed at once; with `argon2.memory_kib` this bounds hashing memory.
     pub hash_permits: usize,
     /// Longest wait for a hashing permit before RESOURCE_EXHAUSTED.
     pub hash_queue_timeout: Duration,
-    /// Logins per (tenant, client IP), checked before any hashing.
-    pub login_limit_per_ip: Limit,
-    /// Logins per tenant, checked before any hashing.
-    pub login_limit_per_tenant: Limit,
-    /// Audit events older than this many days are dropped.
-    pub audit_retention_days: u32,
     /// How often each replica reads the revocation feed (at most 1 s).
     pub revocation_poll: Duration,
     /// How often a key-set file is checked for changes.
@@ -270,34 +250,36 @@ impl AuthConfig {
         }
 
         Ok(Self {
-            keys,
-            issuer,
-            audience,
-            access_ttl,
-            session_idle,
-            session_lifetime,
-            lockout: LockoutSettings {
-                max_failures,
-                window,
-                lock_for,
+            settings: AuthSettings {
+                issuer,
+                audience,
+                access_ttl,
+                session_idle,
+                session_lifetime,
+                lockout: LockoutSettings {
+                    max_failures,
+                    window,
+                    lock_for,
+                },
+                reveal_lockout: file.reveal_lockout.unwrap_or(false),
+                default_policy: file.password_policy.unwrap_or_default(),
+                tenant_policies: file.tenant_password_policy,
+                login_limits: LoginLimits {
+                    per_ip: limit_setting(file.login_limit_per_ip, "login_limit_per_ip", "20/1m")?,
+                    per_tenant: limit_setting(
+                        file.login_limit_per_tenant,
+                        "login_limit_per_tenant",
+                        "600/1m",
+                    )?,
+                },
+                audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
+                // The store's shared `username-hash` secret, so every replica hashes alike.
+                subject_key: None,
             },
-            reveal_lockout: file.reveal_lockout.unwrap_or(false),
-            default_policy: file.password_policy.unwrap_or_default(),
-            tenant_policies: file.tenant_password_policy,
+            keys,
             argon2,
             hash_permits,
             hash_queue_timeout,
-            login_limit_per_ip: limit_setting(
-                file.login_limit_per_ip,
-                "login_limit_per_ip",
-                "20/1m",
-            )?,
-            login_limit_per_tenant: limit_setting(
-                file.login_limit_per_tenant,
-                "login_limit_per_tenant",
-                "600/1m",
-            )?,
-            audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
             revocation_poll,
             key_set_poll: file_duration(file.key_set_poll, "key_set_poll", Duration::from_secs(1))?,
         })
@@ -315,13 +297,13 @@ mod tests {
         let a = &c.auth;
         assert!(matches!(a.keys, KeySource::Ephemeral));
         assert_eq!(
-            (a.issuer.as_str(), a.audience.as_str()),
+            (a.settings.issuer.as_str(), a.settings.audience.as_str()),
             ("portcullis", "portcullis")
         );
-        assert_eq!(a.access_ttl, Duration::from_secs(1800));
-        assert_eq!(a.lockout.max_failures, 5);
-        assert_eq!(a.lockout.window, Duration::from_secs(900));
-        assert_eq!(a.lockout.lock_for, Some(Duration::from_secs(900)));
+        assert_eq!(a.settings.access_ttl, Duration::from_secs(1800));
+        assert_eq!(a.settings.lockout.max_failures, 5);
+        assert_eq!(a.settings.lockout.window, Duration::from_secs(900));
+        assert_eq!(a.settings.lockout.lock_for, Some(Duration::from_secs(900)));
         assert_eq!(
             (
                 a.argon2.memory_kib,
@@ -330,8 +312,8 @@ mod tests {
             ),
             (65_536, 3, 4)
         );
-        assert_eq!(a.audit_retention_days, 365);
-        assert!(!a.reveal_lockout);
+        assert_eq!(a.settings.audit_retention_days, 365);
+        assert!(!a.settings.reveal_lockout);
     }
 
     #[test]
@@ -358,14 +340,20 @@ mod tests {
         let a = &c.auth;
         assert!(matches!(a.keys, KeySource::Env(_)));
         assert_eq!(
-            (a.issuer.as_str(), a.audience.as_str()),
+            (a.settings.issuer.as_str(), a.settings.audience.as_str()),
             ("file-iss", "svc")
         );
-        assert_eq!(a.access_ttl, Duration::from_secs(300));
-        assert_eq!((a.lockout.max_failures, a.lockout.lock_for), (3, None));
-        assert!(a.reveal_lockout);
-        assert_eq!(a.default_policy, PasswordPolicy::Nist);
-        assert_eq!(a.tenant_policies.get("acme"), Some(&PasswordPolicy::Guide));
+        assert_eq!(a.settings.access_ttl, Duration::from_secs(300));
+        assert_eq!(
+            (a.settings.lockout.max_failures, a.settings.lockout.lock_for),
+            (3, None)
+        );
+        assert!(a.settings.reveal_lockout);
+        assert_eq!(a.settings.default_policy, PasswordPolicy::Nist);
+        assert_eq!(
+            a.settings.tenant_policies.get("acme"),
+            Some(&PasswordPolicy::Guide)
+        );
         assert_eq!((a.argon2.memory_kib, a.hash_permits), (1024, 3));
         let shown = format!("{c:?}");
         assert!(!shown.contains(SECRET_32), "{shown}");
