@@ -1,6 +1,4 @@
-//! The limits: the default limit, `[[limits.override]]` per tenant and resource, the Envoy
-//! descriptor configuration with its fail mode and headers, and how often replicas re-read
-//! runtime overrides.
+//! The limits: the default, `[[limits.override]]`, Envoy descriptors, and the policy refresh.
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,5 +1,4 @@
-//! The settings that have a flag or an environment variable: each one's flag, variable, file key
-//! and default, written once and used both to resolve it and to document it in `--help`.
+//! Each setting's flag, variable, file key and default, read both to resolve it and for `--help`.
 
 use clap::Command;
 

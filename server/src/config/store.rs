@@ -1,5 +1,4 @@
-//! The `[store]` settings: memory, one Redis node or a Redis Cluster, how long to wait for it,
-//! and what `Check` answers when it does not answer.
+//! The `[store]` settings: which store holds the counters, how long to wait for it, its fail mode.
 
 use std::time::Duration;
 
