@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod env;
 pub mod grpc;
 pub mod keys;
 pub mod periodic;
@@ -26,9 +27,9 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::auth::Authenticator;
 use crate::auth::password::{HasherConfigError, PasswordHasher};
 use crate::auth::tokens::{KeyRing, KeyRingError, ReloadingKeyRing};
-use crate::auth::{AuthSettings, Authenticator, LoginLimits};
 use crate::config::{Config, KeySource, StoreConfig};
 use crate::grpc::admin::{AdminApi, AdminAuth};
 use crate::grpc::auth::AuthApi;
@@ -159,25 +160,8 @@ pub fn open_authenticator(
         memory_bound_mib = hasher.memory_bound_bytes() / (1024 * 1024),
         "password hashing ready"
     );
-    let settings = AuthSettings {
-        issuer: a.issuer.clone(),
-        audience: a.audience.clone(),
-        access_ttl: a.access_ttl,
-        session_idle: a.session_idle,
-        session_lifetime: a.session_lifetime,
-        lockout: a.lockout,
-        reveal_lockout: a.reveal_lockout,
-        default_policy: a.default_policy,
-        tenant_policies: a.tenant_policies.clone(),
-        login_limits: LoginLimits {
-            per_ip: a.login_limit_per_ip,
-            per_tenant: a.login_limit_per_tenant,
-        },
-        audit_retention_days: a.audit_retention_days,
-        subject_key: None,
-    };
     let keys = Arc::new(open_keys(config)?);
-    Ok(Authenticator::new(store, hasher, keys, settings).with_login_throttle(limiter))
+    Ok(Authenticator::new(store, hasher, keys, a.settings.clone()).with_login_throttle(limiter))
 }
 
 /// Serves every gRPC service on `listener` until `shutdown` resolves, then stops taking new

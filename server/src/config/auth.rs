@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, EnvSource, duration_setting, invalid, pick};
+use super::settings::{ACCESS_TOKEN_TTL, JWT_AUDIENCE, JWT_ISSUER, JWT_KEY_SET};
+use super::{ConfigError, EnvSource, duration_setting, duration_value, invalid, pick_or_default};
 use crate::auth::model::LockoutSettings;
 use crate::auth::password::{Argon2Params, DEFAULT_QUEUE_TIMEOUT, PasswordPolicy, default_permits};
 use crate::auth::tokens::{ENV_SECRET, KeyRing};
+use crate::auth::{AuthSettings, LoginLimits};
 use crate::keys;
 use crate::ratelimit::policy::Limit;
 
@@ -32,38 +34,17 @@ pub enum KeySource {
 /// Authentication settings, validated.
 #[derive(Debug, Clone)]
 pub struct AuthConfig {
+    /// What the authenticator enforces (token claims and lifetime, sessions, lockout, password
+    /// policies, login throttles, audit retention), built here whole so each is written once.
+    pub settings: AuthSettings,
     /// Signing and verification keys.
     pub keys: KeySource,
-    /// `iss` of issued tokens.
-    pub issuer: String,
-    /// `aud` of issued tokens.
-    pub audience: String,
-    /// Access-token lifetime.
-    pub access_ttl: Duration,
-    /// A session ends when not refreshed for this long.
-    pub session_idle: Duration,
-    /// A session ends this long after its login.
-    pub session_lifetime: Duration,
-    /// Failures before a lock, their window, and the lock's length.
-    pub lockout: LockoutSettings,
-    /// Whether a locked account says so.
-    pub reveal_lockout: bool,
-    /// The policy of tenants not listed in `tenant_policies`.
-    pub default_policy: PasswordPolicy,
-    /// Per-tenant password policies.
-    pub tenant_policies: HashMap<String, PasswordPolicy>,
     /// Cost of new hashes (older ones are upgraded at login).
     pub argon2: Argon2Params,
     /// Hashes computed at once; with `argon2.memory_kib` this bounds hashing memory.
     pub hash_permits: usize,
     /// Longest wait for a hashing permit before RESOURCE_EXHAUSTED.
     pub hash_queue_timeout: Duration,
-    /// Logins per (tenant, client IP), checked before any hashing.
-    pub login_limit_per_ip: Limit,
-    /// Logins per tenant, checked before any hashing.
-    pub login_limit_per_tenant: Limit,
-    /// Audit events older than this many days are dropped.
-    pub audit_retention_days: u32,
     /// How often each replica reads the revocation feed (at most 1 s).
     pub revocation_poll: Duration,
     /// How often a key-set file is checked for changes.
@@ -114,13 +95,22 @@ struct Argon2Section {
     queue_timeout: Option<String>,
 }
 
-/// The auth flags, passed in from the command line.
-#[derive(Debug, Default)]
+/// The auth flags, flattened into the command line.
+#[derive(Debug, Default, clap::Args)]
 pub(super) struct AuthFlags {
-    pub jwt_key_set: Option<PathBuf>,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub access_token_ttl: Option<String>,
+    /// JWT key-set file, reloaded when it changes; without it the HS256 secret comes from
+    /// JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
+    #[arg(long, value_name = "FILE")]
+    jwt_key_set: Option<PathBuf>,
+    /// `iss` of access tokens
+    #[arg(long, value_name = "ISSUER")]
+    jwt_issuer: Option<String>,
+    /// `aud` of access tokens
+    #[arg(long, value_name = "AUDIENCE")]
+    jwt_audience: Option<String>,
+    /// Access-token lifetime
+    #[arg(long, value_name = "DURATION")]
+    access_token_ttl: Option<String>,
 }
 
 fn limit_setting(value: Option<String>, key: &str, default: &str) -> Result<Limit, ConfigError> {
@@ -150,7 +140,7 @@ impl AuthConfig {
     ) -> Result<Self, ConfigError> {
         let key_set = flags
             .jwt_key_set
-            .or_else(|| env.non_empty("PORTCULLIS_JWT_KEY_SET").map(PathBuf::from))
+            .or_else(|| env.non_empty(JWT_KEY_SET.env).map(PathBuf::from))
             .or(file.jwt_key_set);
         let from_env = KeyRing::from_env(&|name| env.var(name)).map_err(|e| {
             // KeyRingError never carries key material.
@@ -176,32 +166,14 @@ impl AuthConfig {
             (None, None) => KeySource::Ephemeral,
         };
 
-        let text = |flag: Option<String>, var: &str, file: Option<String>, key: &str| {
-            pick(flag, env, var, file, &format!("auth.{key}"))
-        };
-        let issuer = text(
-            flags.jwt_issuer,
-            "PORTCULLIS_JWT_ISSUER",
-            file.issuer,
-            "issuer",
-        )
-        .map_or_else(|| "portcullis".to_owned(), |(v, _)| v);
-        let audience = text(
-            flags.jwt_audience,
-            "PORTCULLIS_JWT_AUDIENCE",
-            file.audience,
-            "audience",
-        )
-        .map_or_else(|| "portcullis".to_owned(), |(v, _)| v);
-        let access_ttl = duration_setting(
-            text(
-                flags.access_token_ttl,
-                "PORTCULLIS_ACCESS_TOKEN_TTL",
-                file.access_token_ttl,
-                "access_token_ttl",
-            ),
-            Duration::from_secs(30 * 60),
-        )?;
+        let (issuer, _) = pick_or_default(&JWT_ISSUER, flags.jwt_issuer, env, file.issuer);
+        let (audience, _) = pick_or_default(&JWT_AUDIENCE, flags.jwt_audience, env, file.audience);
+        let access_ttl = duration_value(pick_or_default(
+            &ACCESS_TOKEN_TTL,
+            flags.access_token_ttl,
+            env,
+            file.access_token_ttl,
+        ))?;
         if access_ttl < Duration::from_secs(1) {
             return Err(invalid("access token ttl", "must be at least 1s"));
         }
@@ -278,36 +250,140 @@ impl AuthConfig {
         }
 
         Ok(Self {
-            keys,
-            issuer,
-            audience,
-            access_ttl,
-            session_idle,
-            session_lifetime,
-            lockout: LockoutSettings {
-                max_failures,
-                window,
-                lock_for,
+            settings: AuthSettings {
+                issuer,
+                audience,
+                access_ttl,
+                session_idle,
+                session_lifetime,
+                lockout: LockoutSettings {
+                    max_failures,
+                    window,
+                    lock_for,
+                },
+                reveal_lockout: file.reveal_lockout.unwrap_or(false),
+                default_policy: file.password_policy.unwrap_or_default(),
+                tenant_policies: file.tenant_password_policy,
+                login_limits: LoginLimits {
+                    per_ip: limit_setting(file.login_limit_per_ip, "login_limit_per_ip", "20/1m")?,
+                    per_tenant: limit_setting(
+                        file.login_limit_per_tenant,
+                        "login_limit_per_tenant",
+                        "600/1m",
+                    )?,
+                },
+                audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
+                // The store's shared `username-hash` secret, so every replica hashes alike.
+                subject_key: None,
             },
-            reveal_lockout: file.reveal_lockout.unwrap_or(false),
-            default_policy: file.password_policy.unwrap_or_default(),
-            tenant_policies: file.tenant_password_policy,
+            keys,
             argon2,
             hash_permits,
             hash_queue_timeout,
-            login_limit_per_ip: limit_setting(
-                file.login_limit_per_ip,
-                "login_limit_per_ip",
-                "20/1m",
-            )?,
-            login_limit_per_tenant: limit_setting(
-                file.login_limit_per_tenant,
-                "login_limit_per_tenant",
-                "600/1m",
-            )?,
-            audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
             revocation_poll,
             key_set_poll: file_duration(file.key_set_poll, "key_set_poll", Duration::from_secs(1))?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{SECRET_32, load};
+    use super::*;
+
+    #[test]
+    fn auth_defaults_follow_the_guide() {
+        let c = load(&[], &[]).unwrap();
+        let a = &c.auth;
+        assert!(matches!(a.keys, KeySource::Ephemeral));
+        assert_eq!(
+            (a.settings.issuer.as_str(), a.settings.audience.as_str()),
+            ("portcullis", "portcullis")
+        );
+        assert_eq!(a.settings.access_ttl, Duration::from_secs(1800));
+        assert_eq!(a.settings.lockout.max_failures, 5);
+        assert_eq!(a.settings.lockout.window, Duration::from_secs(900));
+        assert_eq!(a.settings.lockout.lock_for, Some(Duration::from_secs(900)));
+        assert_eq!(
+            (
+                a.argon2.memory_kib,
+                a.argon2.iterations,
+                a.argon2.parallelism
+            ),
+            (65_536, 3, 4)
+        );
+        assert_eq!(a.settings.audit_retention_days, 365);
+        assert!(!a.settings.reveal_lockout);
+    }
+
+    #[test]
+    fn auth_settings_from_flags_env_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "[auth]\nissuer = \"file-iss\"\nreveal_lockout = true\npassword_policy = \"nist\"\n\
+             [auth.tenant_password_policy]\nacme = \"guide\"\n\
+             [auth.lockout]\nmax_failures = 3\nduration = \"until-unlock\"\n\
+             [auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\npermits = 3\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let c = load(
+            &["--config", p, "--access-token-ttl", "5m"],
+            &[
+                ("PORTCULLIS_JWT_AUDIENCE", "svc"),
+                ("JWT_SECRET_KEY", SECRET_32),
+            ],
+        )
+        .unwrap();
+        let a = &c.auth;
+        assert!(matches!(a.keys, KeySource::Env(_)));
+        assert_eq!(
+            (a.settings.issuer.as_str(), a.settings.audience.as_str()),
+            ("file-iss", "svc")
+        );
+        assert_eq!(a.settings.access_ttl, Duration::from_secs(300));
+        assert_eq!(
+            (a.settings.lockout.max_failures, a.settings.lockout.lock_for),
+            (3, None)
+        );
+        assert!(a.settings.reveal_lockout);
+        assert_eq!(a.settings.default_policy, PasswordPolicy::Nist);
+        assert_eq!(
+            a.settings.tenant_policies.get("acme"),
+            Some(&PasswordPolicy::Guide)
+        );
+        assert_eq!((a.argon2.memory_kib, a.hash_permits), (1024, 3));
+        let shown = format!("{c:?}");
+        assert!(!shown.contains(SECRET_32), "{shown}");
+    }
+
+    #[test]
+    fn shared_stores_need_a_shared_key() {
+        let e = load(&["--redis-url", "redis://h"], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("JWT_SECRET_KEY") && e.contains("--jwt-key-set"),
+            "{e}"
+        );
+        let c = load(
+            &["--redis-url", "redis://h"],
+            &[("JWT_SECRET_KEY", SECRET_32)],
+        )
+        .unwrap();
+        assert!(matches!(c.auth.keys, KeySource::Env(_)));
+        let e = load(&[], &[("JWT_SECRET_KEY", "short-secret-value")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("32") && !e.contains("short-secret-value"), "{e}");
+        let both = load(
+            &["--jwt-key-set", "/x.toml"],
+            &[("JWT_SECRET_KEY", SECRET_32)],
+        );
+        assert!(both.is_err());
+        let bad = load(&["--access-token-ttl", "0s"], &[]);
+        assert!(bad.is_err());
     }
 }

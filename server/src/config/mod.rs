@@ -2,59 +2,40 @@
 //! then flags; validated into one [`Config`]. The environment is read through [`EnvSource`] so
 //! tests pass a map instead of mutating the process environment.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod auth;
+mod limits;
 mod redis;
 mod secrets;
+mod settings;
+mod store;
 mod tls;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::keys;
+use crate::ratelimit::LimiterSettings;
 use crate::ratelimit::envoy_config::EnvoyConfig;
 use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
-use crate::ratelimit::{FailMode, LimiterSettings};
-use crate::store::redis::{RedisSecurity, RedisTarget};
+use crate::store::redis::RedisSecurity;
 use crate::telemetry::logs::LogFormat;
+use limits::ResolvedLimits;
+use settings::{LISTEN, LOG_FORMAT, METRICS_LISTEN, Plain, Setting};
+use store::ResolvedStore;
 
+pub use crate::env::{EnvSource, ProcessEnv};
 pub use auth::{AuthConfig, KeySource};
 pub use secrets::{DotEnv, WithDotEnv};
+pub use store::StoreConfig;
 pub use tls::{ServerTls, TlsConfig, TlsFile};
 
-/// Where environment variables come from.
-pub trait EnvSource {
-    /// The variable's value, if set.
-    fn var(&self, name: &str) -> Option<String>;
-
-    /// The variable's value when set to something: an empty variable counts as unset, as
-    /// container runtimes and shells often leave them.
-    fn non_empty(&self, name: &str) -> Option<String> {
-        self.var(name).filter(|v| !v.is_empty())
-    }
-}
-
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl EnvSource for HashMap<String, String> {
-    fn var(&self, name: &str) -> Option<String> {
-        self.get(name).cloned()
-    }
-}
+/// How long calls in flight may take after SIGTERM unless `shutdown_grace` says.
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// The admin bearer token: zeroized on drop, never shown by `Debug`.
 #[derive(Clone)]
@@ -71,15 +52,6 @@ impl std::fmt::Debug for AdminToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("AdminToken(<redacted>)")
     }
-}
-
-/// Which store holds the counters.
-#[derive(Debug, Clone)]
-pub enum StoreConfig {
-    /// In-process (one replica only).
-    Memory,
-    /// Redis or Redis Cluster.
-    Redis(RedisTarget),
 }
 
 /// Everything the server needs, validated.
@@ -147,68 +119,29 @@ fn invalid(setting: impl Into<String>, reason: impl std::fmt::Display) -> Config
 ///
 /// Every flag can also be set by the environment variable named in its help, and in the TOML
 /// file given by --config; flags win over variables, variables over the file.
+// (Not in the help text above:) each flag's variable and default are appended to its help from
+// the table in `settings.rs`, which resolving reads too, so the two cannot disagree.
 #[derive(Debug, Parser)]
 #[command(name = "portcullis", version)]
 struct Flags {
-    /// gRPC listen address [env: PORTCULLIS_LISTEN] [default: 127.0.0.1:50051]
+    /// gRPC listen address
     #[arg(long, value_name = "ADDR")]
     listen: Option<String>,
-    /// TOML config file [env: PORTCULLIS_CONFIG]
+    /// TOML config file
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Single Redis node, redis:// or rediss:// [env: PORTCULLIS_REDIS_URL]; without it or
-    /// --redis-cluster, the embedded memory store is used
-    #[arg(long, value_name = "URL")]
-    redis_url: Option<String>,
-    /// Seed nodes of a Redis Cluster [env: PORTCULLIS_REDIS_CLUSTER]
-    #[arg(long, value_name = "URL,URL,...")]
-    redis_cluster: Option<String>,
-    /// PEM bundle of the CAs that sign Redis's certificates (rediss:// only)
-    /// [env: PORTCULLIS_REDIS_CA_FILE]; the password comes from PORTCULLIS_REDIS_PASSWORD or
-    /// PORTCULLIS_REDIS_PASSWORD_FILE, the ACL user from PORTCULLIS_REDIS_USERNAME
-    #[arg(long, value_name = "FILE")]
-    redis_ca_file: Option<PathBuf>,
-    /// PEM client certificate presented to Redis [env: PORTCULLIS_REDIS_CLIENT_CERT]
-    #[arg(long, value_name = "FILE")]
-    redis_client_cert: Option<PathBuf>,
-    /// PEM key of the Redis client certificate [env: PORTCULLIS_REDIS_CLIENT_KEY]
-    #[arg(long, value_name = "FILE")]
-    redis_client_key: Option<PathBuf>,
-    /// envoyproxy/ratelimit YAML file or folder [env: PORTCULLIS_ENVOY_CONFIG]
-    #[arg(long, value_name = "PATH")]
-    envoy_config: Option<PathBuf>,
-    /// Default limit for every tenant, e.g. 60/1m [env: PORTCULLIS_DEFAULT_LIMIT] [default: 60/1m]
-    #[arg(long, value_name = "RATE/PERIOD")]
-    default_limit: Option<String>,
-    /// What Check answers when the store does not answer in time [env: PORTCULLIS_FAIL_MODE]
-    /// [default: closed]
-    #[arg(long, value_name = "open|closed")]
-    fail_mode: Option<String>,
-    /// Longest wait for the store before the fail mode decides, e.g. 100ms
-    /// [env: PORTCULLIS_STORE_TIMEOUT] [default: 100ms]
-    #[arg(long, value_name = "DURATION")]
-    store_timeout: Option<String>,
-    /// JWT key-set file, reloaded when it changes [env: PORTCULLIS_JWT_KEY_SET]; without it the
-    /// HS256 secret comes from JWT_SECRET_KEY (and JWT_SECRET_KEY_OLD, or their _FILE forms)
-    #[arg(long, value_name = "FILE")]
-    jwt_key_set: Option<PathBuf>,
+    #[command(flatten)]
+    store: store::StoreFlags,
+    #[command(flatten)]
+    limits: limits::LimitsFlags,
     /// Admin HTTP address for /metrics, /livez and /readyz, or "off"
-    /// [env: PORTCULLIS_METRICS_LISTEN] [default: 127.0.0.1:9090]
     #[arg(long, value_name = "ADDR|off")]
     metrics_listen: Option<String>,
     /// Log lines as JSON objects or as text; audit events are JSON either way
-    /// [env: PORTCULLIS_LOG_FORMAT] [default: json, text when stderr is a terminal]
     #[arg(long, value_name = "json|text")]
     log_format: Option<String>,
-    /// `iss` of access tokens [env: PORTCULLIS_JWT_ISSUER] [default: portcullis]
-    #[arg(long, value_name = "ISSUER")]
-    jwt_issuer: Option<String>,
-    /// `aud` of access tokens [env: PORTCULLIS_JWT_AUDIENCE] [default: portcullis]
-    #[arg(long, value_name = "AUDIENCE")]
-    jwt_audience: Option<String>,
-    /// Access-token lifetime [env: PORTCULLIS_ACCESS_TOKEN_TTL] [default: 30m]
-    #[arg(long, value_name = "DURATION")]
-    access_token_ttl: Option<String>,
+    #[command(flatten)]
+    auth: auth::AuthFlags,
     #[command(flatten)]
     tls: tls::TlsFlags,
 }
@@ -219,11 +152,11 @@ struct Flags {
 struct FileConfig {
     listen: Option<String>,
     #[serde(default)]
-    store: StoreSection,
+    store: store::StoreSection,
     #[serde(default)]
-    limits: LimitsSection,
+    limits: limits::LimitsSection,
     #[serde(default)]
-    envoy: EnvoySection,
+    envoy: limits::EnvoySection,
     policy_refresh: Option<String>,
     shutdown_grace: Option<String>,
     metrics_listen: Option<String>,
@@ -234,101 +167,41 @@ struct FileConfig {
     tls: tls::TlsSection,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StoreSection {
-    redis_url: Option<String>,
-    redis_cluster: Option<Vec<String>>,
-    redis_username: Option<String>,
-    redis_ca_file: Option<String>,
-    redis_client_cert: Option<String>,
-    redis_client_key: Option<String>,
-    timeout: Option<String>,
-    io_timeout: Option<String>,
-    fail_mode: Option<FailMode>,
-    deny_cache_entries: Option<usize>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitsSection {
-    default: Option<LimitSpec>,
-    #[serde(default, rename = "override")]
-    overrides: Vec<OverrideSpec>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LimitSpec {
-    rate: u64,
-    period: String,
-    #[serde(default)]
-    burst: u64,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct OverrideSpec {
-    tenant: String,
-    resource: Option<String>,
-    rate: u64,
-    period: String,
-    #[serde(default)]
-    burst: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EnvoySection {
-    config: Option<PathBuf>,
-    fail_mode: Option<FailMode>,
-    response_headers: Option<bool>,
-}
-
 /// One setting from flag, env or file (in that order of precedence), with where it came from.
-fn pick(
+fn pick<D>(
+    setting: &Setting<D>,
     flag: Option<String>,
     env: &dyn EnvSource,
-    var: &str,
     file: Option<String>,
-    key: &str,
 ) -> Option<(String, String)> {
-    flag.map(|v| {
-        (
-            v,
-            format!(
-                "--{}",
-                var.trim_start_matches("PORTCULLIS_")
-                    .to_lowercase()
-                    .replace('_', "-")
-            ),
-        )
-    })
-    .or_else(|| env.non_empty(var).map(|v| (v, var.to_owned())))
-    .or_else(|| file.map(|v| (v, format!("config file: {key}"))))
+    flag.map(|v| (v, setting.name()))
+        .or_else(|| {
+            env.non_empty(setting.env)
+                .map(|v| (v, setting.env.to_owned()))
+        })
+        .or_else(|| file.map(|v| (v, setting.file_origin())))
+}
+
+/// [`pick`], or else the setting's default, which the caller parses like a given value.
+fn pick_or_default(
+    setting: &Setting<Plain>,
+    flag: Option<String>,
+    env: &dyn EnvSource,
+    file: Option<String>,
+) -> (String, String) {
+    pick(setting, flag, env, file).unwrap_or_else(|| setting.default_value())
+}
+
+/// A duration such as `100ms` or `30m`; errors name `origin`.
+fn duration_value((text, origin): (String, String)) -> Result<Duration, ConfigError> {
+    parse_period(&text).map_err(|e| invalid(origin, e.reason))
 }
 
 fn duration_setting(
     value: Option<(String, String)>,
     default: Duration,
 ) -> Result<Duration, ConfigError> {
-    match value {
-        None => Ok(default),
-        Some((text, origin)) => parse_period(&text).map_err(|e| invalid(origin, e.reason)),
-    }
-}
-
-fn fail_mode_setting(value: Option<(String, String)>) -> Result<Option<FailMode>, ConfigError> {
-    value
-        .map(|(text, origin)| match text.as_str() {
-            "open" => Ok(FailMode::Open),
-            "closed" => Ok(FailMode::Closed),
-            other => Err(invalid(
-                origin,
-                format!("expected open or closed, got {other:?}"),
-            )),
-        })
-        .transpose()
+    value.map_or(Ok(default), duration_value)
 }
 
 impl Config {
@@ -337,16 +210,19 @@ impl Config {
         args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
         env: &dyn EnvSource,
     ) -> Result<Self, ConfigError> {
-        let flags = Flags::try_parse_from(args).map_err(|e| match e.kind() {
-            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
-                ConfigError::Help(e.to_string())
-            }
-            _ => ConfigError::Usage(e.to_string()),
-        })?;
+        let flags = settings::document(Flags::command())
+            .try_get_matches_from(args)
+            .and_then(|matches| Flags::from_arg_matches(&matches))
+            .map_err(|e| match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ConfigError::Help(e.to_string())
+                }
+                _ => ConfigError::Usage(e.to_string()),
+            })?;
         let config_path = flags
             .config
             .clone()
-            .or_else(|| env.non_empty("PORTCULLIS_CONFIG").map(PathBuf::from));
+            .or_else(|| env.non_empty(settings::CONFIG.env).map(PathBuf::from));
         let file = match &config_path {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
@@ -354,226 +230,31 @@ impl Config {
         Self::resolve(flags, file, env)
     }
 
+    /// Each part in turn; the first invalid setting is the one reported.
     fn resolve(flags: Flags, file: FileConfig, env: &dyn EnvSource) -> Result<Self, ConfigError> {
-        let listen = match pick(
-            flags.listen,
-            env,
-            "PORTCULLIS_LISTEN",
-            file.listen,
-            "listen",
-        ) {
-            None => SocketAddr::from(([127, 0, 0, 1], 50051)),
-            Some((text, origin)) => text.parse().map_err(|e| {
-                invalid(
-                    origin,
-                    format!("{text:?} is not an address such as 127.0.0.1:50051: {e}"),
-                )
-            })?,
-        };
-
-        let metrics_listen = match pick(
+        let listen = listen_address(pick_or_default(&LISTEN, flags.listen, env, file.listen))?;
+        let metrics_listen = metrics_address(pick_or_default(
+            &METRICS_LISTEN,
             flags.metrics_listen,
             env,
-            "PORTCULLIS_METRICS_LISTEN",
             file.metrics_listen,
-            "metrics_listen",
-        ) {
-            None => Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
-            Some((text, _)) if text == "off" => None,
-            Some((text, origin)) => Some(text.parse().map_err(|e| {
-                invalid(
-                    origin,
-                    format!("{text:?} is not an address such as 127.0.0.1:9090, nor off: {e}"),
-                )
-            })?),
-        };
-
-        let log_format = match pick(
-            flags.log_format,
+        ))?;
+        let log_format = log_format(pick(&LOG_FORMAT, flags.log_format, env, file.log_format))?;
+        let store = ResolvedStore::resolve(flags.store, file.store, env)?;
+        let limits = ResolvedLimits::resolve(
+            flags.limits,
+            file.limits,
+            file.envoy,
+            file.policy_refresh,
             env,
-            "PORTCULLIS_LOG_FORMAT",
-            file.log_format,
-            "log_format",
-        ) {
-            None => LogFormat::for_stderr(),
-            Some((text, origin)) => LogFormat::parse(&text)
-                .ok_or_else(|| invalid(origin, format!("expected json or text, got {text:?}")))?,
-        };
-
-        let redis_url = pick(
-            flags.redis_url,
-            env,
-            "PORTCULLIS_REDIS_URL",
-            file.store.redis_url,
-            "store.redis_url",
-        );
-        let cluster_from_file = file.store.redis_cluster.map(|v| v.join(","));
-        let redis_cluster = pick(
-            flags.redis_cluster,
-            env,
-            "PORTCULLIS_REDIS_CLUSTER",
-            cluster_from_file,
-            "store.redis_cluster",
-        );
-        let store = match (redis_url, redis_cluster) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(
-                    "--redis-url / --redis-cluster",
-                    "set one of them, not both",
-                ));
-            }
-            (Some((url, origin)), None) => {
-                StoreConfig::Redis(RedisTarget::Single(check_redis_url(&url, &origin)?))
-            }
-            (None, Some((urls, origin))) => {
-                let seeds = urls
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|u| !u.is_empty())
-                    .map(|u| check_redis_url(u, &origin))
-                    .collect::<Result<Vec<_>, _>>()?;
-                if seeds.is_empty() {
-                    return Err(invalid(origin, "needs at least one seed URL"));
-                }
-                StoreConfig::Redis(RedisTarget::Cluster(seeds))
-            }
-            (None, None) => StoreConfig::Memory,
-        };
-
-        let redis_security = redis::resolve(
-            redis::RedisFlags {
-                ca_file: flags.redis_ca_file,
-                client_cert: flags.redis_client_cert,
-                client_key: flags.redis_client_key,
-            },
-            redis::RedisFileKeys {
-                username: file.store.redis_username,
-                ca_file: file.store.redis_ca_file,
-                client_cert: file.store.redis_client_cert,
-                client_key: file.store.redis_client_key,
-            },
-            env,
-            &store,
         )?;
-
-        let file_default = file.limits.default.map(|d| (d.rate, d.period, d.burst));
-        let default_limit = match (
-            pick(
-                flags.default_limit,
-                env,
-                "PORTCULLIS_DEFAULT_LIMIT",
-                None,
-                "limits.default",
-            ),
-            file_default,
-        ) {
-            (Some((spec, origin)), _) => {
-                Limit::parse_spec(&spec).map_err(|e| invalid(origin, e))?
-            }
-            (None, Some((rate, period, burst))) => {
-                file_limit("limits.default", rate, &period, burst)?
-            }
-            (None, None) => Limit::new(60, Duration::from_secs(60), 60)
-                .map_err(|e| invalid("default limit", e))?,
-        };
-
-        let mut overrides = Vec::with_capacity(file.limits.overrides.len());
-        for (i, o) in file.limits.overrides.into_iter().enumerate() {
-            let at = format!("limits.override[{i}]");
-            keys::validate_id("tenant", &o.tenant, true).map_err(|e| invalid(&at, e))?;
-            if let Some(r) = &o.resource {
-                keys::validate_id("resource", r, true).map_err(|e| invalid(&at, e))?;
-            }
-            let target = (o.tenant.clone(), o.resource.clone());
-            if overrides
-                .iter()
-                .any(|p: &PolicyOverride| (p.tenant.clone(), p.resource.clone()) == target)
-            {
-                return Err(invalid(at, "the same tenant and resource appear twice"));
-            }
-            overrides.push(PolicyOverride {
-                limit: file_limit(&at, o.rate, &o.period, o.burst)?,
-                tenant: o.tenant,
-                resource: o.resource,
-            });
-        }
-
-        let envoy_path = flags
-            .envoy_config
-            .or_else(|| env.non_empty("PORTCULLIS_ENVOY_CONFIG").map(PathBuf::from))
-            .or(file.envoy.config);
-        let envoy = match envoy_path {
-            Some(path) => EnvoyConfig::load(&path).map_err(|e| invalid("envoy config", e))?,
-            None => EnvoyConfig::default(),
-        };
-
-        let defaults = LimiterSettings::default();
-        let check_fail_mode = fail_mode_setting(pick(
-            flags.fail_mode,
-            env,
-            "PORTCULLIS_FAIL_MODE",
-            None,
-            "store.fail_mode",
-        ))?
-        .or(file.store.fail_mode)
-        .unwrap_or(defaults.check_fail_mode);
-        let store_timeout = duration_setting(
-            pick(
-                flags.store_timeout,
-                env,
-                "PORTCULLIS_STORE_TIMEOUT",
-                file.store.timeout,
-                "store.timeout",
-            ),
-            defaults.store_timeout,
-        )?;
-        let limiter = LimiterSettings {
-            store_timeout,
-            check_fail_mode,
-            envoy_fail_mode: file.envoy.fail_mode.unwrap_or(defaults.envoy_fail_mode),
-            envoy_response_headers: file
-                .envoy
-                .response_headers
-                .unwrap_or(defaults.envoy_response_headers),
-            deny_cache_entries: file
-                .store
-                .deny_cache_entries
-                .unwrap_or(defaults.deny_cache_entries),
-        };
-        let redis_io_timeout = duration_setting(
-            file.store
-                .io_timeout
-                .map(|v| (v, "store.io_timeout".into())),
-            Duration::from_secs(1),
-        )?;
-        let policy_refresh = duration_setting(
-            file.policy_refresh.map(|v| (v, "policy_refresh".into())),
-            Duration::from_millis(500),
-        )?;
-        if policy_refresh > Duration::from_secs(1) {
-            return Err(invalid(
-                "policy_refresh",
-                "must be at most 1s so replicas apply admin changes within a second",
-            ));
-        }
         let shutdown_grace = duration_setting(
             file.shutdown_grace.map(|v| (v, "shutdown_grace".into())),
-            Duration::from_secs(20),
+            DEFAULT_SHUTDOWN_GRACE,
         )?;
-
         let tls = TlsConfig::resolve(flags.tls, file.tls, env)?;
-
-        let auth = AuthConfig::resolve(
-            auth::AuthFlags {
-                jwt_key_set: flags.jwt_key_set,
-                jwt_issuer: flags.jwt_issuer,
-                jwt_audience: flags.jwt_audience,
-                access_token_ttl: flags.access_token_ttl,
-            },
-            file.auth,
-            env,
-            matches!(store, StoreConfig::Redis(_)),
-        )?;
+        let shared_store = matches!(store.store, StoreConfig::Redis(_));
+        let auth = AuthConfig::resolve(flags.auth, file.auth, env, shared_store)?;
 
         Ok(Self {
             auth,
@@ -581,17 +262,55 @@ impl Config {
             metrics_listen,
             log_format,
             listen,
-            store,
-            redis_io_timeout,
-            redis_security,
-            default_limit,
-            overrides,
-            envoy,
-            limiter,
-            policy_refresh,
+            store: store.store,
+            redis_io_timeout: store.io_timeout,
+            redis_security: store.security,
+            default_limit: limits.default_limit,
+            overrides: limits.overrides,
+            envoy: limits.envoy,
+            // Built whole here: the store part and the Envoy part each resolved their own.
+            limiter: LimiterSettings {
+                store_timeout: store.timeout,
+                check_fail_mode: store.check_fail_mode,
+                envoy_fail_mode: limits.envoy_fail_mode,
+                envoy_response_headers: limits.envoy_response_headers,
+                deny_cache_entries: store.deny_cache_entries,
+            },
+            policy_refresh: limits.policy_refresh,
             shutdown_grace,
             admin_token: admin_token(env)?,
         })
+    }
+}
+
+fn listen_address((text, origin): (String, String)) -> Result<SocketAddr, ConfigError> {
+    text.parse().map_err(|e| {
+        invalid(
+            origin,
+            format!("{text:?} is not an address such as 127.0.0.1:50051: {e}"),
+        )
+    })
+}
+
+/// The admin HTTP address, or `None` for `off`.
+fn metrics_address((text, origin): (String, String)) -> Result<Option<SocketAddr>, ConfigError> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse().map(Some).map_err(|e| {
+        invalid(
+            origin,
+            format!("{text:?} is not an address such as 127.0.0.1:9090, nor off: {e}"),
+        )
+    })
+}
+
+/// The given log format, else one chosen by whether stderr is a terminal.
+fn log_format(value: Option<(String, String)>) -> Result<LogFormat, ConfigError> {
+    match value {
+        None => Ok(LogFormat::for_stderr()),
+        Some((text, origin)) => LogFormat::parse(&text)
+            .ok_or_else(|| invalid(origin, format!("expected json or text, got {text:?}"))),
     }
 }
 
@@ -599,20 +318,6 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let origin = format!("config file {}", path.display());
     let text = std::fs::read_to_string(path).map_err(|e| invalid(&origin, e))?;
     toml::from_str(&text).map_err(|e| invalid(origin, e.message()))
-}
-
-fn file_limit(at: &str, rate: u64, period: &str, burst: u64) -> Result<Limit, ConfigError> {
-    let period = parse_period(period).map_err(|e| invalid(format!("{at}.period"), e.reason))?;
-    Limit::new(rate, period, burst).map_err(|e| invalid(format!("{at}.{}", e.field), e.reason))
-}
-
-fn check_redis_url(url: &str, origin: &str) -> Result<String, ConfigError> {
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
-        Ok(url.to_owned())
-    } else {
-        // Never echo the URL: it may hold a password.
-        Err(invalid(origin, "must start with redis:// or rediss://"))
-    }
 }
 
 /// The admin token from `PORTCULLIS_ADMIN_TOKEN` or the file named by
@@ -631,23 +336,34 @@ fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
     Ok(Some(AdminToken(token)))
 }
 
+/// How the tests of every part load a configuration: argv after the program name, and the
+/// environment as a map.
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod testing {
+    use std::collections::HashMap;
+
+    use super::{Config, ConfigError};
 
     /// A JWT secret long enough to be accepted.
-    const SECRET_32: &str = "0123456789abcdef0123456789abcdef";
+    pub(super) const SECRET_32: &str = "0123456789abcdef0123456789abcdef";
 
-    fn env(vars: &[(&str, &str)]) -> HashMap<String, String> {
-        vars.iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    pub(super) fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let argv = std::iter::once("portcullis").chain(args.iter().copied());
-        Config::load(argv, &env(vars))
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(argv, &env)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::testing::load;
+    use super::*;
+    use crate::ratelimit::FailMode;
 
     #[test]
     fn log_format_from_flag_env_or_file() {
@@ -729,27 +445,6 @@ mod tests {
     }
 
     #[test]
-    fn file_overrides_and_unknown_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(
-            &path,
-            "[[limits.override]]\ntenant = \"acme\"\nrate = 10\nperiod = \"1s\"\nburst = 20\n[[limits.override]]\ntenant = \"acme\"\nresource = \"search\"\nrate = 1\nperiod = \"1m\"\n",
-        )
-        .unwrap();
-        let c = load(&["--config", path.to_str().unwrap()], &[]).unwrap();
-        assert_eq!(c.overrides.len(), 2);
-        assert_eq!(c.overrides[0].limit.burst(), 20);
-        assert_eq!(c.overrides[1].resource.as_deref(), Some("search"));
-
-        std::fs::write(&path, "[store]\nredis_ulr = \"redis://x\"\n").unwrap();
-        let e = load(&["--config", path.to_str().unwrap()], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("redis_ulr"), "{e}");
-    }
-
-    #[test]
     fn invalid_settings_name_their_origin_without_echoing_secrets() {
         let e = load(&["--default-limit", "0/1m"], &[])
             .unwrap_err()
@@ -793,22 +488,6 @@ mod tests {
     }
 
     #[test]
-    fn redis_cluster_seeds_split_on_commas() {
-        let c = load(
-            &[],
-            &[
-                ("PORTCULLIS_REDIS_CLUSTER", "redis://a:1, redis://b:2"),
-                ("JWT_SECRET_KEY", SECRET_32),
-            ],
-        )
-        .unwrap();
-        let StoreConfig::Redis(RedisTarget::Cluster(seeds)) = c.store else {
-            panic!("not a cluster")
-        };
-        assert_eq!(seeds, ["redis://a:1", "redis://b:2"]);
-    }
-
-    #[test]
     fn admin_token_from_env_or_file_is_redacted() {
         let secret = "0123456789abcdef0123";
         let c = load(&[], &[("PORTCULLIS_ADMIN_TOKEN", secret)]).unwrap();
@@ -835,161 +514,6 @@ mod tests {
                 ]
             )
             .is_err()
-        );
-    }
-
-    #[test]
-    fn auth_defaults_follow_the_guide() {
-        let c = load(&[], &[]).unwrap();
-        let a = &c.auth;
-        assert!(matches!(a.keys, KeySource::Ephemeral));
-        assert_eq!(
-            (a.issuer.as_str(), a.audience.as_str()),
-            ("portcullis", "portcullis")
-        );
-        assert_eq!(a.access_ttl, Duration::from_secs(1800));
-        assert_eq!(a.lockout.max_failures, 5);
-        assert_eq!(a.lockout.window, Duration::from_secs(900));
-        assert_eq!(a.lockout.lock_for, Some(Duration::from_secs(900)));
-        assert_eq!(
-            (
-                a.argon2.memory_kib,
-                a.argon2.iterations,
-                a.argon2.parallelism
-            ),
-            (65_536, 3, 4)
-        );
-        assert_eq!(a.audit_retention_days, 365);
-        assert!(!a.reveal_lockout);
-    }
-
-    #[test]
-    fn auth_settings_from_flags_env_and_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("p.toml");
-        std::fs::write(
-            &path,
-            "[auth]\nissuer = \"file-iss\"\nreveal_lockout = true\npassword_policy = \"nist\"\n\
-             [auth.tenant_password_policy]\nacme = \"guide\"\n\
-             [auth.lockout]\nmax_failures = 3\nduration = \"until-unlock\"\n\
-             [auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\npermits = 3\n",
-        )
-        .unwrap();
-        let p = path.to_str().unwrap();
-        let c = load(
-            &["--config", p, "--access-token-ttl", "5m"],
-            &[
-                ("PORTCULLIS_JWT_AUDIENCE", "svc"),
-                ("JWT_SECRET_KEY", SECRET_32),
-            ],
-        )
-        .unwrap();
-        let a = &c.auth;
-        assert!(matches!(a.keys, KeySource::Env(_)));
-        assert_eq!(
-            (a.issuer.as_str(), a.audience.as_str()),
-            ("file-iss", "svc")
-        );
-        assert_eq!(a.access_ttl, Duration::from_secs(300));
-        assert_eq!((a.lockout.max_failures, a.lockout.lock_for), (3, None));
-        assert!(a.reveal_lockout);
-        assert_eq!(
-            a.default_policy,
-            crate::auth::password::PasswordPolicy::Nist
-        );
-        assert_eq!(
-            a.tenant_policies.get("acme"),
-            Some(&crate::auth::password::PasswordPolicy::Guide)
-        );
-        assert_eq!((a.argon2.memory_kib, a.hash_permits), (1024, 3));
-        let shown = format!("{c:?}");
-        assert!(!shown.contains(SECRET_32), "{shown}");
-    }
-
-    #[test]
-    fn shared_stores_need_a_shared_key() {
-        let e = load(&["--redis-url", "redis://h"], &[])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("JWT_SECRET_KEY") && e.contains("--jwt-key-set"),
-            "{e}"
-        );
-        let c = load(
-            &["--redis-url", "redis://h"],
-            &[("JWT_SECRET_KEY", SECRET_32)],
-        )
-        .unwrap();
-        assert!(matches!(c.auth.keys, KeySource::Env(_)));
-        let e = load(&[], &[("JWT_SECRET_KEY", "short-secret-value")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("32") && !e.contains("short-secret-value"), "{e}");
-        let both = load(
-            &["--jwt-key-set", "/x.toml"],
-            &[("JWT_SECRET_KEY", SECRET_32)],
-        );
-        assert!(both.is_err());
-        let bad = load(&["--access-token-ttl", "0s"], &[]);
-        assert!(bad.is_err());
-    }
-
-    #[test]
-    fn redis_credentials_and_tls_material() {
-        let dir = tempfile::tempdir().unwrap();
-        let pw = dir.path().join("pw");
-        std::fs::write(&pw, "redis-secret-pw\n").unwrap();
-        let ca = dir.path().join("ca.pem");
-        std::fs::write(
-            &ca,
-            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
-        )
-        .unwrap();
-        let (pw, ca) = (pw.to_str().unwrap(), ca.to_str().unwrap());
-        let key = ("JWT_SECRET_KEY", SECRET_32);
-
-        let c = load(
-            &["--redis-url", "rediss://h:6380", "--redis-ca-file", ca],
-            &[
-                key,
-                ("PORTCULLIS_REDIS_PASSWORD_FILE", pw),
-                ("PORTCULLIS_REDIS_USERNAME", "svc"),
-            ],
-        )
-        .unwrap();
-        let s = &c.redis_security;
-        assert_eq!(
-            s.password.as_deref().map(String::as_str),
-            Some("redis-secret-pw")
-        );
-        assert_eq!(s.username.as_deref(), Some("svc"));
-        assert!(s.ca_pem.is_some() && s.client_identity.is_none());
-        assert!(!format!("{c:?}").contains("redis-secret-pw"));
-
-        let e = load(&["--redis-url", "redis://h", "--redis-ca-file", ca], &[key])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("rediss://"), "{e}");
-        let e = load(
-            &["--redis-url", "rediss://h", "--redis-client-cert", ca],
-            &[key],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(e.contains("--redis-client-key"), "{e}");
-        let e = load(&[], &[("PORTCULLIS_REDIS_PASSWORD", "x")])
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("no Redis store") && !e.contains(": x"), "{e}");
-        let e = load(
-            &["--redis-url", "rediss://h", "--redis-ca-file", pw],
-            &[key],
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("not a PEM file") && !e.contains("redis-secret-pw"),
-            "{e}"
         );
     }
 }

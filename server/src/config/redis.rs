@@ -6,15 +6,24 @@ use std::path::PathBuf;
 use zeroize::Zeroizing;
 
 use super::secrets::{read_small, secret};
+use super::settings::{REDIS_CA_FILE, REDIS_CLIENT_CERT, REDIS_CLIENT_KEY, REDIS_USERNAME};
 use super::{ConfigError, EnvSource, StoreConfig, invalid, pick};
 use crate::store::redis::{RedisSecurity, RedisTarget};
 
-/// The Redis security flags, passed in from the command line.
-#[derive(Debug, Default)]
+/// The Redis security flags, flattened into the command line.
+#[derive(Debug, Default, clap::Args)]
 pub(super) struct RedisFlags {
-    pub ca_file: Option<PathBuf>,
-    pub client_cert: Option<PathBuf>,
-    pub client_key: Option<PathBuf>,
+    /// PEM bundle of the CAs that sign Redis's certificates (rediss:// only); the password comes
+    /// from PORTCULLIS_REDIS_PASSWORD or PORTCULLIS_REDIS_PASSWORD_FILE, the ACL user from
+    /// PORTCULLIS_REDIS_USERNAME
+    #[arg(long = "redis-ca-file", value_name = "FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate presented to Redis
+    #[arg(long = "redis-client-cert", value_name = "FILE")]
+    client_cert: Option<PathBuf>,
+    /// PEM key of the Redis client certificate
+    #[arg(long = "redis-client-key", value_name = "FILE")]
+    client_key: Option<PathBuf>,
 }
 
 /// The Redis security keys of the `[store]` table.
@@ -49,34 +58,20 @@ pub(super) fn resolve(
     env: &dyn EnvSource,
     store: &StoreConfig,
 ) -> Result<RedisSecurity, ConfigError> {
-    let username = pick(
-        None,
-        env,
-        "PORTCULLIS_REDIS_USERNAME",
-        file.username,
-        "store.redis_username",
-    );
+    let username = pick(&REDIS_USERNAME, None, env, file.username);
     let password = secret(env, "PORTCULLIS_REDIS_PASSWORD")?;
-    let ca = pick(
-        path_text(flags.ca_file),
-        env,
-        "PORTCULLIS_REDIS_CA_FILE",
-        file.ca_file,
-        "store.redis_ca_file",
-    );
+    let ca = pick(&REDIS_CA_FILE, path_text(flags.ca_file), env, file.ca_file);
     let cert = pick(
+        &REDIS_CLIENT_CERT,
         path_text(flags.client_cert),
         env,
-        "PORTCULLIS_REDIS_CLIENT_CERT",
         file.client_cert,
-        "store.redis_client_cert",
     );
     let key = pick(
+        &REDIS_CLIENT_KEY,
         path_text(flags.client_key),
         env,
-        "PORTCULLIS_REDIS_CLIENT_KEY",
         file.client_key,
-        "store.redis_client_key",
     );
     let anything =
         username.is_some() || password.is_some() || ca.is_some() || cert.is_some() || key.is_some();
@@ -119,4 +114,68 @@ pub(super) fn resolve(
         },
         client_identity,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{SECRET_32, load};
+
+    #[test]
+    fn redis_credentials_and_tls_material() {
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "redis-secret-pw\n").unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(
+            &ca,
+            "-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let (pw, ca) = (pw.to_str().unwrap(), ca.to_str().unwrap());
+        let key = ("JWT_SECRET_KEY", SECRET_32);
+
+        let c = load(
+            &["--redis-url", "rediss://h:6380", "--redis-ca-file", ca],
+            &[
+                key,
+                ("PORTCULLIS_REDIS_PASSWORD_FILE", pw),
+                ("PORTCULLIS_REDIS_USERNAME", "svc"),
+            ],
+        )
+        .unwrap();
+        let s = &c.redis_security;
+        assert_eq!(
+            s.password.as_deref().map(String::as_str),
+            Some("redis-secret-pw")
+        );
+        assert_eq!(s.username.as_deref(), Some("svc"));
+        assert!(s.ca_pem.is_some() && s.client_identity.is_none());
+        assert!(!format!("{c:?}").contains("redis-secret-pw"));
+
+        let e = load(&["--redis-url", "redis://h", "--redis-ca-file", ca], &[key])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("rediss://"), "{e}");
+        let e = load(
+            &["--redis-url", "rediss://h", "--redis-client-cert", ca],
+            &[key],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--redis-client-key"), "{e}");
+        let e = load(&[], &[("PORTCULLIS_REDIS_PASSWORD", "x")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no Redis store") && !e.contains(": x"), "{e}");
+        let e = load(
+            &["--redis-url", "rediss://h", "--redis-ca-file", pw],
+            &[key],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("not a PEM file") && !e.contains("redis-secret-pw"),
+            "{e}"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::settings::{REQUIRE_TLS, TLS_CERT, TLS_CLIENT_CA, TLS_KEY};
 use super::{ConfigError, EnvSource, duration_setting, invalid, pick};
 
 /// How often the certificate files are checked for changes unless `tls.reload_poll` says.
@@ -61,18 +62,15 @@ impl Default for TlsConfig {
 #[derive(Debug, Default, clap::Args)]
 pub(super) struct TlsFlags {
     /// PEM certificate chain for gRPC over TLS, reloaded when it changes
-    /// [env: PORTCULLIS_TLS_CERT]
     #[arg(long, value_name = "FILE")]
     tls_cert: Option<String>,
     /// PEM private key of --tls-cert (PKCS#8, RSA or EC), reloaded with it
-    /// [env: PORTCULLIS_TLS_KEY]
     #[arg(long, value_name = "FILE")]
     tls_key: Option<String>,
     /// PEM CA bundle: clients must present a certificate it issued (mTLS)
-    /// [env: PORTCULLIS_TLS_CLIENT_CA]
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<String>,
-    /// Refuse to start without TLS on the gRPC port [env: PORTCULLIS_REQUIRE_TLS=true|false]
+    /// Refuse to start without TLS on the gRPC port
     #[arg(long)]
     require_tls: bool,
 }
@@ -121,41 +119,27 @@ impl TlsConfig {
         file: TlsSection,
         env: &dyn EnvSource,
     ) -> Result<Self, ConfigError> {
-        let cert = file_setting(pick(
-            flags.tls_cert,
-            env,
-            "PORTCULLIS_TLS_CERT",
-            file.cert,
-            "tls.cert",
-        ))?;
-        let key = file_setting(pick(
-            flags.tls_key,
-            env,
-            "PORTCULLIS_TLS_KEY",
-            file.key,
-            "tls.key",
-        ))?;
+        let cert = file_setting(pick(&TLS_CERT, flags.tls_cert, env, file.cert))?;
+        let key = file_setting(pick(&TLS_KEY, flags.tls_key, env, file.key))?;
         let client_ca = file_setting(pick(
+            &TLS_CLIENT_CA,
             flags.tls_client_ca,
             env,
-            "PORTCULLIS_TLS_CLIENT_CA",
             file.client_ca,
-            "tls.client_ca",
         ))?;
 
         let require = if flags.require_tls {
-            Some((true, "--require-tls".to_owned()))
-        } else if let Some(text) = env.non_empty("PORTCULLIS_REQUIRE_TLS") {
+            Some((true, REQUIRE_TLS.name()))
+        } else if let Some(text) = env.non_empty(REQUIRE_TLS.env) {
             let value = bool_text(&text).ok_or_else(|| {
                 invalid(
-                    "PORTCULLIS_REQUIRE_TLS",
+                    REQUIRE_TLS.env,
                     format!("expected true, false, 1 or 0, got {text:?}"),
                 )
             })?;
-            Some((value, "PORTCULLIS_REQUIRE_TLS".to_owned()))
+            Some((value, REQUIRE_TLS.env.to_owned()))
         } else {
-            file.require
-                .map(|value| (value, "config file: tls.require".to_owned()))
+            file.require.map(|value| (value, REQUIRE_TLS.file_origin()))
         };
 
         let server = match (cert, key, client_ca) {
@@ -231,18 +215,7 @@ impl TlsConfig {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
-
-    use super::super::{Config, ConfigError};
-
-    fn load(args: &[&str], vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let argv = std::iter::once("portcullis").chain(args.iter().copied());
-        let env: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::load(argv, &env)
-    }
+    use super::super::testing::load;
 
     fn error(args: &[&str], vars: &[(&str, &str)]) -> String {
         load(args, vars).unwrap_err().to_string()

@@ -26,7 +26,7 @@ use tracing_subscriber::filter::{FilterFn, filter_fn};
 use tracing_subscriber::registry::LookupSpan;
 use zeroize::Zeroizing;
 
-use crate::config::EnvSource;
+use crate::env::EnvSource;
 
 use super::methods::method_label;
 
