@@ -7,7 +7,7 @@ use zeroize::Zeroizing;
 
 use super::secrets::{read_small, secret};
 use super::settings::{REDIS_CA_FILE, REDIS_CLIENT_CERT, REDIS_CLIENT_KEY, REDIS_USERNAME};
-use super::{ConfigError, EnvSource, StoreConfig, invalid, pick};
+use super::{ConfigError, EnvSource, invalid, pick};
 use crate::store::redis::{RedisSecurity, RedisTarget};
 
 /// The Redis security flags, flattened into the command line.
@@ -50,13 +50,13 @@ fn path_text(p: Option<PathBuf>) -> Option<String> {
     p.map(|p| p.to_string_lossy().into_owned())
 }
 
-/// Resolves the security settings for `store`; they need a Redis store, and TLS material
-/// needs `rediss://` URLs.
+/// Resolves the security settings for the Redis store `target` (`None`: the memory store); they
+/// need a Redis store, and TLS material needs `rediss://` URLs.
 pub(super) fn resolve(
     flags: RedisFlags,
     file: RedisFileKeys,
     env: &dyn EnvSource,
-    store: &StoreConfig,
+    target: Option<&RedisTarget>,
 ) -> Result<RedisSecurity, ConfigError> {
     let username = pick(&REDIS_USERNAME, None, env, file.username);
     let password = secret(env, "PORTCULLIS_REDIS_PASSWORD")?;
@@ -75,16 +75,16 @@ pub(super) fn resolve(
     );
     let anything =
         username.is_some() || password.is_some() || ca.is_some() || cert.is_some() || key.is_some();
-    let urls: &[String] = match store {
-        StoreConfig::Redis(RedisTarget::Single(url)) => std::slice::from_ref(url),
-        StoreConfig::Redis(RedisTarget::Cluster(seeds)) => seeds,
-        StoreConfig::Memory if anything => {
+    let urls: &[String] = match target {
+        Some(RedisTarget::Single(url)) => std::slice::from_ref(url),
+        Some(RedisTarget::Cluster(seeds)) => seeds,
+        None if anything => {
             return Err(invalid(
                 "Redis credentials or TLS settings",
                 "are set but no Redis store is (--redis-url or --redis-cluster)",
             ));
         }
-        StoreConfig::Memory => return Ok(RedisSecurity::default()),
+        None => return Ok(RedisSecurity::default()),
     };
     let tls_material = ca.is_some() || cert.is_some() || key.is_some();
     if tls_material && urls.iter().any(|u| !u.starts_with("rediss://")) {

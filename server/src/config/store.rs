@@ -113,7 +113,10 @@ impl ResolvedStore {
                 client_key: file.redis_client_key,
             },
             env,
-            &store,
+            match &store {
+                StoreConfig::Redis(target) => Some(target),
+                StoreConfig::Memory => None,
+            },
         )?;
 
         // The file's fail mode also takes `unavailable`, so it is read by serde, after the
