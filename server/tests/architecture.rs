@@ -97,18 +97,25 @@ fn crate_imports(text: &str) -> BTreeSet<String> {
     found
 }
 
+/// Every file of the library but the crate root, with its top-level module and its text.
+fn module_files() -> Vec<(PathBuf, String, String)> {
+    rust_files(&src())
+        .into_iter()
+        .filter_map(|file| {
+            let module = top_module(&file)?;
+            let text = fs::read_to_string(&file).unwrap();
+            Some((file, module, text))
+        })
+        .collect()
+}
+
 fn layer_of(module: &str) -> Option<usize> {
     LAYERS.iter().position(|layer| layer.contains(&module))
 }
 
 #[test]
 fn every_module_has_a_layer() {
-    let mut modules = BTreeSet::new();
-    for file in rust_files(&src()) {
-        if let Some(module) = top_module(&file) {
-            modules.insert(module);
-        }
-    }
+    let modules: BTreeSet<String> = module_files().into_iter().map(|(_, m, _)| m).collect();
     let unplaced: Vec<_> = modules.iter().filter(|m| layer_of(m).is_none()).collect();
     assert!(unplaced.is_empty(), "modules without a layer: {unplaced:?}");
     let placed: BTreeSet<String> = LAYERS
@@ -126,14 +133,10 @@ fn every_module_has_a_layer() {
 #[test]
 fn modules_import_only_lower_layers() {
     let mut violations = Vec::new();
-    for file in rust_files(&src()) {
-        let Some(module) = top_module(&file) else {
-            continue;
-        };
+    for (file, module, text) in module_files() {
         let Some(own) = layer_of(&module) else {
             continue; // reported by every_module_has_a_layer
         };
-        let text = fs::read_to_string(&file).unwrap();
         for imported in crate_imports(&text) {
             if imported == module {
                 continue;
@@ -157,14 +160,10 @@ fn modules_import_only_lower_layers() {
 #[test]
 fn the_domain_names_neither_the_wire_nor_the_storage() {
     let mut violations = Vec::new();
-    for file in rust_files(&src()) {
-        let Some(module) = top_module(&file) else {
-            continue;
-        };
+    for (file, module, text) in module_files() {
         if !DOMAIN.contains(&module.as_str()) {
             continue;
         }
-        let text = fs::read_to_string(&file).unwrap();
         for (number, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("//") {
                 continue;
