@@ -18,6 +18,7 @@ use portcullis_tests::auth::{
 use portcullis_tests::server::{Backend, JWT_SECRET, TestServer, unique};
 use serde_json::{Value, json};
 use tonic::{Code, Request, Status};
+use tonic_types::StatusExt;
 
 /// A password that meets the default ("guide") policy.
 const GOOD: &str = "Vq7#mLx2!pRz9w";
@@ -204,6 +205,62 @@ async fn login_verify_refresh_logout(backend: Backend) {
     );
     api.expect_session_ended(&refreshed.access_token).await;
     api.expect_session_ended(&login.access_token).await;
+    refused(
+        api.refresh(&refreshed.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+}
+
+/// A refresh token built from what every access token shows (tenant and session id) with a
+/// made-up secret must not end the session: Logout checks the secret as Refresh does.
+async fn a_forged_refresh_token_ends_no_session(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("frank", GOOD, READER, Some(false)).await;
+    let login = api.login("frank", GOOD).await.unwrap();
+    let claims = api.verify(&login.access_token).await.unwrap();
+    let forged = format!(
+        "{}.{}.{}",
+        B64URL.encode(claims.tenant_id.as_bytes()),
+        claims.session_id,
+        B64URL.encode([7u8; 32])
+    );
+    let status = refused(
+        api.logout(&forged, "").await,
+        Code::Unauthenticated,
+        "INVALID_TOKEN",
+    );
+    let details = status.get_error_details();
+    let problem = details
+        .error_info()
+        .unwrap()
+        .metadata
+        .get("problem")
+        .cloned();
+    assert_eq!(problem.as_deref(), Some("REFRESH_TOKEN_MISMATCH"));
+
+    // The session lives on: its access token still verifies after the revocation feed has
+    // been read, and its refresh token still rotates.
+    tokio::time::sleep(PROPAGATION).await;
+    api.verify(&login.access_token).await.unwrap();
+    let refreshed = api.refresh(&login.refresh_token).await.unwrap();
+
+    let events = api.audit_page(100, "").await.events;
+    let logouts: Vec<&str> = events
+        .iter()
+        .filter(|e| e.action == "logout")
+        .map(|e| e.outcome.as_str())
+        .collect();
+    assert_eq!(
+        logouts,
+        ["invalid_token"],
+        "the forged logout is audited as a failure"
+    );
+
+    // The secret the refresh rotated away is one of the session's: presenting it ends the
+    // session, as presenting it to Refresh would.
+    assert!(api.logout(&login.refresh_token, "").await.unwrap().revoked);
+    api.expect_session_ended(&refreshed.access_token).await;
     refused(
         api.refresh(&refreshed.refresh_token).await,
         Code::Unauthenticated,
@@ -692,6 +749,7 @@ async fn logins_are_throttled_per_client_ip(backend: Backend) {
 
 portcullis_tests::on_every_store!(
     login_verify_refresh_logout,
+    a_forged_refresh_token_ends_no_session,
     refresh_token_reuse_kills_the_session,
     failures_look_alike_then_lock_until_unlocked,
     concurrent_guesses_evaluate_only_the_lockout_limit,

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use portcullis_server::auth::model::{
-    AttemptGate, AuditEvent, LockoutSettings, RotateOutcome, Session, UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockoutSettings, RotateOutcome, Session, UserRecord,
 };
 use portcullis_server::auth::store::{AuthStore, REVOCATIONS_BATCH};
 use portcullis_server::clock::{Clock, ManualClock};
@@ -532,6 +532,90 @@ async fn a_reused_refresh_secret_revokes_the_session(backend: Backend) {
     assert_eq!(revoked, ["sid-1"]);
 }
 
+async fn ending_a_session_needs_one_of_its_refresh_secrets(backend: Backend) {
+    let f = Fixture::open(backend).await;
+    let tenant = unique("end");
+    let idle = Duration::from_secs(600);
+    for sid in ["s-current", "s-reused"] {
+        assert!(
+            f.store
+                .create_session(&f.session(&tenant, "u", sid, "h0"))
+                .await
+                .unwrap()
+        );
+    }
+    let cursor = f.feed_end().await;
+
+    // A secret that is none of the session's (forged from the session id alone) ends nothing
+    // and publishes nothing.
+    assert_eq!(
+        f.store
+            .end_session(&tenant, "s-current", "forged")
+            .await
+            .unwrap(),
+        EndOutcome::WrongSecret
+    );
+    assert!(
+        f.store
+            .get_session(&tenant, "s-current")
+            .await
+            .unwrap()
+            .is_some(),
+        "the session lives on"
+    );
+    let (revoked, cursor) = f.revoked_since(&tenant, &cursor).await;
+    assert!(revoked.is_empty(), "{revoked:?}");
+
+    // The current secret ends it, once.
+    assert_eq!(
+        f.store
+            .end_session(&tenant, "s-current", "h0")
+            .await
+            .unwrap(),
+        EndOutcome::Ended
+    );
+    assert_eq!(
+        f.store.get_session(&tenant, "s-current").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        f.store
+            .end_session(&tenant, "s-current", "h0")
+            .await
+            .unwrap(),
+        EndOutcome::NotFound
+    );
+
+    // A secret already rotated away ends the session as a reuse would.
+    assert!(matches!(
+        f.store
+            .rotate_refresh(&tenant, "s-reused", "h0", "h1", f.now_unix(), idle)
+            .await
+            .unwrap(),
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(
+        f.store
+            .end_session(&tenant, "s-reused", "h0")
+            .await
+            .unwrap(),
+        EndOutcome::Reused
+    );
+    assert_eq!(
+        f.store.get_session(&tenant, "s-reused").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        f.store
+            .end_session(&unique("other"), "s-reused", "h1")
+            .await
+            .unwrap(),
+        EndOutcome::NotFound
+    );
+    let (revoked, _) = f.revoked_since(&tenant, &cursor).await;
+    assert_eq!(revoked, ["s-current", "s-reused"]);
+}
+
 async fn concurrent_rotations_have_one_winner(backend: Backend) {
     let f = Fixture::open(backend).await;
     let tenant = unique("race");
@@ -867,6 +951,7 @@ portcullis_tests::on_every_store!(
     failures_lock_success_and_unlock_clear,
     indefinite_lock_lasts_until_unlock,
     a_reused_refresh_secret_revokes_the_session,
+    ending_a_session_needs_one_of_its_refresh_secrets,
     concurrent_rotations_have_one_winner,
     user_sessions_are_listed_and_revoked_with_an_exception,
     sessions_expire_when_idle_and_at_their_absolute_end,

@@ -107,7 +107,7 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
         AuthError::Overloaded { .. } => "overloaded",
         AuthError::WeakPassword { .. } => "weak_password",
         AuthError::PasswordReused => "password_reused",
-        AuthError::InvalidToken(_) => "invalid_token",
+        AuthError::InvalidToken(_) | AuthError::WrongRefreshSecret => "invalid_token",
         AuthError::InsufficientScope => "insufficient_scope",
         AuthError::SessionEnded => "session_ended",
         AuthError::RefreshTokenReused => "reused",

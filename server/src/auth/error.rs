@@ -55,6 +55,10 @@ pub enum AuthError {
     /// The access token is not valid.
     #[error("invalid access token: {}", .0.reason())]
     InvalidToken(TokenError),
+    /// A refresh token names a live session but carries a secret that is not the session's:
+    /// forged from the session id every access token shows, or mistyped. Nothing was ended.
+    #[error("invalid refresh token")]
+    WrongRefreshSecret,
     /// The token's scope does not allow the call.
     #[error("the token's scope does not allow this call")]
     InsufficientScope,

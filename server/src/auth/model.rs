@@ -151,6 +151,19 @@ pub enum RotateOutcome {
     NotFound,
 }
 
+/// What presenting a refresh secret to end its session did (logout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndOutcome {
+    /// The secret was current: the session is revoked.
+    Ended,
+    /// The secret was an earlier one, as a reuse at refresh would be: the session is revoked.
+    Reused,
+    /// The session is alive but the secret is none of its own: nothing ended.
+    WrongSecret,
+    /// No live session (unknown, expired or already revoked).
+    NotFound,
+}
+
 /// One audit log entry. Never holds a password, token or secret; the username only as a
 /// keyed hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

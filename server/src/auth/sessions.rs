@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::audit::CallContext;
 use super::authenticator::{Authenticator, random_token, unix_now};
 use super::error::AuthError;
-use super::model::{RotateOutcome, Session, UserRecord};
+use super::model::{EndOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
 use super::store::{AuthStore, REVOCATIONS_BATCH};
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
@@ -58,6 +58,21 @@ impl std::fmt::Debug for Tokens {
 
 fn sha256_hex(text: &str) -> String {
     hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// The session a logout ends, and what shows the caller may end it.
+struct LogoutTarget {
+    tenant: String,
+    session_id: String,
+    proof: SessionProof,
+}
+
+/// What entitles a caller to end a session.
+enum SessionProof {
+    /// A verified access token of this user (its signature is the proof).
+    AccessTokenOf(String),
+    /// The hash of a refresh token's secret, for the store to check against the session's.
+    RefreshHash(String),
 }
 
 /// A refresh token names its session so it can be found: `<tenant b64>.<session id>.<secret>`.
@@ -292,6 +307,10 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
 
     /// Ends the session named by either token; false when it had already ended. Audited as
     /// `logout`.
+    ///
+    /// A refresh token must carry its session's secret, checked as [`refresh`](Self::refresh)
+    /// checks it: the session id alone is no proof, since every access token shows it. A wrong
+    /// secret ends nothing; an earlier one ends the session, as a reuse at refresh would.
     pub async fn logout(
         &self,
         refresh_token: Option<&str>,
@@ -299,28 +318,54 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         ctx: &CallContext,
     ) -> Result<bool, AuthError> {
         let target = match (refresh_token, access_token) {
-            (Some(r), _) => {
-                refresh_target(r).map(|(tenant, sid, _)| (tenant, sid.to_owned(), None))
-            }
-            (None, Some(a)) => self
-                .verify(a, None)
-                .map(|claims| (claims.tid, claims.sid, Some(claims.sub))),
+            (Some(r), _) => refresh_target(r).map(|(tenant, sid, secret)| LogoutTarget {
+                tenant,
+                session_id: sid.to_owned(),
+                proof: SessionProof::RefreshHash(sha256_hex(secret)),
+            }),
+            (None, Some(a)) => self.verify(a, None).map(|claims| LogoutTarget {
+                tenant: claims.tid,
+                session_id: claims.sid,
+                proof: SessionProof::AccessTokenOf(claims.sub),
+            }),
             (None, None) => Err(AuthError::InvalidArgument {
                 field: "refresh_token".into(),
                 reason: "or access_token is required".into(),
             }),
         };
-        let tenant = target.as_ref().map(|t| t.0.clone()).unwrap_or_default();
+        let tenant = target
+            .as_ref()
+            .map(|t| t.tenant.clone())
+            .unwrap_or_default();
         self.audited(ctx, &tenant, "logout", async |audit| {
-            let (tenant, sid, user) = target?;
-            if let Some(user) = &user {
-                audit.user(user);
-            }
-            let revoked = self.store.revoke_session(&tenant, &sid).await?;
-            if !revoked {
+            let target = target?;
+            let ended = match &target.proof {
+                SessionProof::AccessTokenOf(user) => {
+                    audit.user(user);
+                    self.store
+                        .revoke_session(&target.tenant, &target.session_id)
+                        .await?
+                }
+                SessionProof::RefreshHash(hash) => {
+                    match self
+                        .store
+                        .end_session(&target.tenant, &target.session_id, hash)
+                        .await?
+                    {
+                        EndOutcome::Ended => true,
+                        EndOutcome::Reused => {
+                            audit.outcome = Some("reused");
+                            true
+                        }
+                        EndOutcome::NotFound => false,
+                        EndOutcome::WrongSecret => return Err(AuthError::WrongRefreshSecret),
+                    }
+                }
+            };
+            if !ended {
                 audit.outcome = Some("not_found");
             }
-            Ok(revoked)
+            Ok(ended)
         })
         .await
     }

@@ -6,7 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::model::{
-    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
+    UserRecord,
 };
 /// One store backs both domains, so both report its failures alike.
 pub use crate::ratelimit::store::StoreError;
@@ -128,6 +129,17 @@ pub trait AuthStore: Send + Sync + 'static {
         now_unix: u64,
         idle_timeout: Duration,
     ) -> impl Future<Output = Result<RotateOutcome, StoreError>> + Send;
+
+    /// Ends a session for a caller presenting the hash of its refresh secret, checked as
+    /// [`rotate_refresh`](Self::rotate_refresh) checks it, atomically: the current hash or an
+    /// earlier one (a reuse) revokes the session and publishes the revocation; any other hash
+    /// ends nothing.
+    fn end_session(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        presented_hash: &str,
+    ) -> impl Future<Output = Result<EndOutcome, StoreError>> + Send;
 
     /// Revokes one session; false when it was not alive.
     fn revoke_session(

@@ -112,6 +112,14 @@ impl From<AuthError> for Status {
                 [("problem".to_owned(), problem.reason().to_owned())].into(),
                 None,
             ),
+            // Not retryable: a refresh token whose secret is not its session's.
+            AuthError::WrongRefreshSecret => with_reason(
+                Code::Unauthenticated,
+                message,
+                "INVALID_TOKEN",
+                [("problem".to_owned(), "REFRESH_TOKEN_MISMATCH".to_owned())].into(),
+                None,
+            ),
             // Not retryable: the session is over; log in again.
             AuthError::SessionEnded | AuthError::RefreshTokenReused => with_reason(
                 Code::Unauthenticated,

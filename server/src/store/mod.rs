@@ -47,7 +47,8 @@ pub mod redis;
 use std::time::{Duration, Instant};
 
 use crate::auth::model::{
-    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
+    UserRecord,
 };
 use crate::auth::store::AuthStore;
 use crate::ratelimit::policy::PolicyOverride;
@@ -203,6 +204,15 @@ impl AuthStore for AnyStore {
                 idle_timeout
             )
         )
+    }
+
+    async fn end_session(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        presented_hash: &str,
+    ) -> Result<EndOutcome, StoreError> {
+        delegate!(self, end_session(tenant, session_id, presented_hash))
     }
 
     async fn revoke_session(&self, tenant: &str, session_id: &str) -> Result<bool, StoreError> {

@@ -6,15 +6,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
+use subtle::ConstantTimeEq;
 
 use super::MemoryStore;
 use crate::auth::model::{
-    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
+    UserRecord,
 };
 use crate::auth::store::{
     AuthStore, REVOCATIONS_BATCH, REVOCATIONS_KEPT, StoreError, sort_oldest_first,
 };
 use crate::clock::{Clock, millis};
+
+/// Whether a presented refresh hash is the stored one, compared in constant time so the time
+/// taken says nothing about how much of it matched.
+fn same_hash(stored: &str, presented: &str) -> bool {
+    bool::from(stored.as_bytes().ct_eq(presented.as_bytes()))
+}
 
 /// Tenant and id: every map is keyed by both, so tenants never meet.
 type Scoped = (String, String);
@@ -397,7 +405,7 @@ impl AuthStore for MemoryStore {
             state.sessions.remove(&key);
             return Ok(RotateOutcome::NotFound);
         }
-        if entry.session.refresh_hash == presented_hash {
+        if same_hash(&entry.session.refresh_hash, presented_hash) {
             let s = &mut entry.session;
             entry
                 .used
@@ -413,6 +421,32 @@ impl AuthStore for MemoryStore {
             return Ok(RotateOutcome::Reused);
         }
         Ok(RotateOutcome::NotFound)
+    }
+
+    async fn end_session(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        presented_hash: &str,
+    ) -> Result<EndOutcome, StoreError> {
+        let now = self.auth.now_unix();
+        let mut state = self.auth.state.lock();
+        let Some(entry) = state.sessions.get(&scoped(tenant, session_id)) else {
+            return Ok(EndOutcome::NotFound);
+        };
+        let outcome = if !entry.session.is_alive_at(now) {
+            EndOutcome::NotFound
+        } else if same_hash(&entry.session.refresh_hash, presented_hash) {
+            EndOutcome::Ended
+        } else if entry.used.contains(presented_hash) {
+            EndOutcome::Reused
+        } else {
+            return Ok(EndOutcome::WrongSecret);
+        };
+        if outcome != EndOutcome::NotFound {
+            state.revoke(tenant, session_id, now);
+        }
+        Ok(outcome)
     }
 
     async fn revoke_session(&self, tenant: &str, session_id: &str) -> Result<bool, StoreError> {

@@ -25,7 +25,8 @@ use redis::{AsyncCommands, Script};
 use super::RedisStore;
 use super::connection::store_error;
 use crate::auth::model::{
-    AttemptGate, AuditEvent, LockState, LockoutSettings, RotateOutcome, Session, UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
+    UserRecord,
 };
 use crate::auth::store::{
     AuthStore, REVOCATIONS_BATCH, REVOCATIONS_KEPT, StoreError, sort_oldest_first,
@@ -52,6 +53,8 @@ pub(super) struct AuthScripts {
     create_session: Script,
     /// Rotation and reuse detection in one step.
     rotate_refresh: Script,
+    /// Logout by refresh token: the secret checked and the session deleted in one step.
+    end_session: Script,
     /// Deletes sessions and their used-hash sets, and unlists them.
     revoke_sessions: Script,
     /// XADD plus retention trimming on the server's clock.
@@ -69,6 +72,7 @@ impl AuthScripts {
             lock_state: Script::new(include_str!("scripts/auth_lock_state.lua")),
             create_session: Script::new(include_str!("scripts/auth_create_session.lua")),
             rotate_refresh: Script::new(include_str!("scripts/auth_rotate_refresh.lua")),
+            end_session: Script::new(include_str!("scripts/auth_end_session.lua")),
             revoke_sessions: Script::new(include_str!("scripts/auth_revoke_sessions.lua")),
             append_audit: Script::new(include_str!("scripts/auth_append_audit.lua")),
         }
@@ -552,6 +556,39 @@ impl AuthStore for RedisStore {
                 "rotation script returned a malformed reply",
             )),
         }
+    }
+
+    async fn end_session(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        presented_hash: &str,
+    ) -> Result<EndOutcome, StoreError> {
+        let reply: String = self
+            .auth
+            .end_session
+            .key(auth_key(tenant, SESSION, session_id))
+            .key(auth_key(tenant, SESSION_USED, session_id))
+            .arg(presented_hash)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(store_error)?;
+        let outcome = match reply.as_str() {
+            "1" => EndOutcome::Ended,
+            "2" => EndOutcome::Reused,
+            "3" => return Ok(EndOutcome::WrongSecret),
+            "0" => return Ok(EndOutcome::NotFound),
+            _ => {
+                return Err(StoreError::permanent(
+                    "session-ending script returned a malformed reply",
+                ));
+            }
+        };
+        // The script deleted the session after checking the secret; the feed is on another
+        // slot, so it is told right after (before, a forged token could revoke access tokens).
+        self.publish_revocations(tenant, &[session_id.to_owned()])
+            .await?;
+        Ok(outcome)
     }
 
     async fn revoke_session(&self, tenant: &str, session_id: &str) -> Result<bool, StoreError> {
