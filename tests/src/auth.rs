@@ -185,6 +185,20 @@ impl AuthApi {
         Ok(self.auth().change_password(request).await?.into_inner())
     }
 
+    /// Deletes the tenant's user with this id (admin); whether there was one.
+    pub async fn delete_user(&self, user_id: &str) -> Result<bool, Status> {
+        let request = self.as_admin(pb::DeleteUserRequest {
+            tenant_id: self.tenant.clone(),
+            user_id: user_id.to_owned(),
+        });
+        Ok(self
+            .admin()
+            .delete_user(request)
+            .await?
+            .into_inner()
+            .deleted)
+    }
+
     /// The tenant's user with this id (admin).
     pub async fn get_user(&self, user_id: &str) -> Result<pb::User, Status> {
         let request = self.as_admin(pb::GetUserRequest {

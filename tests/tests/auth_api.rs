@@ -31,12 +31,22 @@ const READER: &[&str] = &["reader"];
 /// How long a revocation may take to reach VerifyToken (polled revocation feed, 1 s promised).
 const PROPAGATION: Duration = Duration::from_millis(1500);
 
-/// Writes a config file whose `[auth]` table starts with `auth_lines`, with cheap Argon2.
-fn config_file(auth_lines: &str) -> (tempfile::TempDir, PathBuf) {
+/// Argon2 cost of most tests: cheap, the flows are what is under test.
+const CHEAP_ARGON2: (u32, u32) = (1024, 1);
+/// Argon2 cost of the race tests: slow enough (tens of milliseconds) that a call can land
+/// inside another's verification.
+const RACE_ARGON2: (u32, u32) = (16 * 1024, 4);
+
+/// Writes a config file whose `[auth]` table starts with `auth_lines`, with Argon2 at
+/// (memory KiB, iterations).
+fn config_file_with_argon2(
+    auth_lines: &str,
+    (memory_kib, iterations): (u32, u32),
+) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.toml");
     let text = format!(
-        "[auth]\n{auth_lines}\n\n[auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n"
+        "[auth]\n{auth_lines}\n\n[auth.argon2]\nmemory_kib = {memory_kib}\niterations = {iterations}\nparallelism = 1\n"
     );
     std::fs::write(&path, text).unwrap();
     (dir, path)
@@ -113,7 +123,12 @@ impl Deref for Api {
 impl Api {
     /// Starts a server whose config's `[auth]` table starts with `auth_lines`.
     async fn start(backend: Backend, auth_lines: &str) -> Self {
-        let (dir, path) = config_file(auth_lines);
+        Self::start_with_argon2(backend, auth_lines, CHEAP_ARGON2).await
+    }
+
+    /// Starts a server with Argon2 at (memory KiB, iterations).
+    async fn start_with_argon2(backend: Backend, auth_lines: &str, argon2: (u32, u32)) -> Self {
+        let (dir, path) = config_file_with_argon2(auth_lines, argon2);
         let server =
             TestServer::start(backend, &["--config", path.to_str().expect("utf-8 path")]).await;
         Self {
@@ -266,6 +281,94 @@ async fn a_forged_refresh_token_ends_no_session(backend: Backend) {
         Code::Unauthenticated,
         "SESSION_ENDED",
     );
+}
+
+/// `[auth]` of the race tests: each try logs in several times from the one test address.
+const RACE_AUTH: &str = "login_limit_per_ip = \"1000/1m\"";
+
+/// Tries of each race test: the delays between the two calls sweep the window in which one
+/// lands inside the other's password verification.
+const RACE_TRIES: u32 = 8;
+
+/// How long one Login takes on this server (about one password verification), measured.
+async fn login_duration(api: &Api, username: &str) -> Duration {
+    let started = tokio::time::Instant::now();
+    api.login(username, GOOD).await.unwrap();
+    started.elapsed()
+}
+
+/// A login that verified the old password while `ChangePassword` replaced it must not undo the
+/// change (it used to write the whole record back, old hash included), and no session it
+/// opened may survive the change.
+async fn a_login_racing_a_password_change_undoes_nothing(backend: Backend) {
+    let api = Api::start_with_argon2(backend, RACE_AUTH, RACE_ARGON2).await;
+    api.create_user("probe", GOOD, READER, Some(false)).await;
+    let verify = login_duration(&api, "probe").await;
+    for attempt in 0..RACE_TRIES {
+        let name = format!("victim-{attempt}");
+        api.create_user(&name, GOOD, READER, Some(false)).await;
+        let session = api.login(&name, GOOD).await.unwrap();
+        // ChangePassword verifies the current password and hashes the new one (two hashes);
+        // the login, started a fraction of that later, verifies the old one meanwhile.
+        let delay = verify.mul_f64(0.25 + 0.25 * f64::from(attempt));
+        let change = api.change_password(&session.access_token, GOOD, OTHER);
+        let racing_login = async {
+            tokio::time::sleep(delay).await;
+            api.login(&name, GOOD).await
+        };
+        let (changed, raced) = tokio::join!(change, racing_login);
+        changed.unwrap_or_else(|e| panic!("try {attempt}: the change failed: {e:?}"));
+
+        refused(
+            api.login(&name, GOOD).await,
+            Code::Unauthenticated,
+            "INVALID_CREDENTIALS",
+        );
+        api.login(&name, OTHER)
+            .await
+            .unwrap_or_else(|e| panic!("try {attempt} ({delay:?}): the new password: {e:?}"));
+        if let Ok(raced) = raced {
+            // It proved the old password: its session must be over.
+            api.expect_session_ended(&raced.access_token).await;
+            refused(
+                api.refresh(&raced.refresh_token).await,
+                Code::Unauthenticated,
+                "SESSION_ENDED",
+            );
+        }
+    }
+}
+
+/// A login racing `DeleteUser` must not leave a session behind (it used to open one after the
+/// record was gone, whose access token then verified for its whole lifetime).
+async fn a_login_racing_a_deletion_leaves_no_session(backend: Backend) {
+    let api = Api::start_with_argon2(backend, RACE_AUTH, RACE_ARGON2).await;
+    api.create_user("probe", GOOD, READER, Some(false)).await;
+    let verify = login_duration(&api, "probe").await;
+    for attempt in 0..RACE_TRIES {
+        let name = format!("leaver-{attempt}");
+        let user = api.create_user(&name, GOOD, READER, Some(false)).await;
+        let delay = verify.mul_f64(0.15 * f64::from(attempt));
+        let login = api.login(&name, GOOD);
+        let delete = async {
+            tokio::time::sleep(delay).await;
+            api.delete_user(&user.user_id).await
+        };
+        let (logged_in, deleted) = tokio::join!(login, delete);
+        assert!(deleted.unwrap(), "try {attempt}: the user existed");
+        assert_eq!(
+            api.get_user(&user.user_id).await.unwrap_err().code(),
+            Code::NotFound
+        );
+        if let Ok(session) = logged_in {
+            api.expect_session_ended(&session.access_token).await;
+            refused(
+                api.refresh(&session.refresh_token).await,
+                Code::Unauthenticated,
+                "SESSION_ENDED",
+            );
+        }
+    }
 }
 
 async fn refresh_token_reuse_kills_the_session(backend: Backend) {
@@ -750,6 +853,8 @@ async fn logins_are_throttled_per_client_ip(backend: Backend) {
 portcullis_tests::on_every_store!(
     login_verify_refresh_logout,
     a_forged_refresh_token_ends_no_session,
+    a_login_racing_a_password_change_undoes_nothing,
+    a_login_racing_a_deletion_leaves_no_session,
     refresh_token_reuse_kills_the_session,
     failures_look_alike_then_lock_until_unlocked,
     concurrent_guesses_evaluate_only_the_lockout_limit,

@@ -8,9 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
 use portcullis_server::auth::model::{
-    AttemptGate, AuditEvent, EndOutcome, LockoutSettings, RotateOutcome, Session, UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockoutSettings, OpenOutcome, ReplaceOutcome,
+    RotateOutcome, Session, UserRecord,
 };
-use portcullis_server::auth::store::{AuthStore, REVOCATIONS_BATCH};
+use portcullis_server::auth::store::{AuthStore, REVOCATIONS_BATCH, StoreError};
 use portcullis_server::clock::{Clock, ManualClock};
 use portcullis_server::store::redis::{RedisSecurity, RedisTarget};
 use portcullis_server::store::{AnyStore, MemoryStore, RedisStore};
@@ -127,6 +128,29 @@ impl Fixture {
         gate
     }
 
+    /// Opens `session` as a login would, for its user as stored (created first, named after
+    /// its id, when the tenant has no such user yet); false when the session id is taken.
+    async fn create_session(&self, session: &Session) -> Result<bool, StoreError> {
+        let (tenant, id) = (&session.tenant_id, &session.user_id);
+        let user = match self.store.get_user(tenant, id).await? {
+            Some(user) => user,
+            None => {
+                let user = self.user(tenant, id, id);
+                assert!(self.store.create_user(&user).await?);
+                user
+            }
+        };
+        match self
+            .store
+            .open_session(session, &user.password_hash)
+            .await?
+        {
+            OpenOutcome::Opened => Ok(true),
+            OpenOutcome::IdTaken => Ok(false),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn session(&self, tenant: &str, user_id: &str, sid: &str, refresh: &str) -> Session {
         let now = self.now_unix();
         Session {
@@ -236,29 +260,95 @@ async fn users_find_get_update_delete(backend: Backend) {
     );
     assert_eq!(f.store.find_user(&tenant, "Alice").await.unwrap(), None);
 
+    // A write presents the version it read; one that another write overtook changes nothing.
+    let read = f
+        .store
+        .get_user_versioned(&tenant, "u-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.user, alice);
     alice.roles.push("admin".into());
     alice.must_change_password = false;
     alice.last_login_unix = Some(f.now_unix());
-    assert!(f.store.update_user(&alice).await.unwrap());
+    assert_eq!(
+        f.store.replace_user(&read.version, &alice).await.unwrap(),
+        ReplaceOutcome::Replaced
+    );
     assert_eq!(
         f.store.find_user(&tenant, "alice").await.unwrap(),
         Some(alice.clone())
     );
+    let mut stale = read.user.clone();
+    stale.password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$b2xk".into();
+    assert_eq!(
+        f.store.replace_user(&read.version, &stale).await.unwrap(),
+        ReplaceOutcome::Changed,
+        "a write based on the overtaken read is refused"
+    );
+    assert_eq!(
+        f.store.get_user(&tenant, "u-1").await.unwrap(),
+        Some(alice.clone()),
+        "and wrote nothing"
+    );
+    let current = f
+        .store
+        .get_user_versioned(&tenant, "u-1")
+        .await
+        .unwrap()
+        .unwrap();
     let mut renamed = alice.clone();
     renamed.username = "mallory".into();
-    assert!(f.store.update_user(&renamed).await.is_err());
     assert!(
-        !f.store
-            .update_user(&f.user(&tenant, "u-404", "nobody"))
+        f.store
+            .replace_user(&current.version, &renamed)
             .await
-            .unwrap()
+            .is_err()
+    );
+    assert_eq!(
+        f.store
+            .replace_user(&current.version, &f.user(&tenant, "u-404", "nobody"))
+            .await
+            .unwrap(),
+        ReplaceOutcome::Gone
     );
 
-    // Sessions and lockout state go with the user.
+    // Sessions open only for the user as it is: not for another password hash, not for a
+    // user that does not exist.
     let s1 = f.session(&tenant, "u-1", "s-1", "h1");
     let s2 = f.session(&tenant, "u-1", "s-2", "h2");
-    assert!(f.store.create_session(&s1).await.unwrap());
-    assert!(f.store.create_session(&s2).await.unwrap());
+    assert_eq!(
+        f.store.open_session(&s1, "another hash").await.unwrap(),
+        OpenOutcome::PasswordChanged
+    );
+    assert_eq!(
+        f.store
+            .open_session(
+                &f.session(&tenant, "u-404", "s-x", "hx"),
+                &alice.password_hash
+            )
+            .await
+            .unwrap(),
+        OpenOutcome::UserGone
+    );
+    assert_eq!(f.store.get_session(&tenant, "s-1").await.unwrap(), None);
+    assert_eq!(f.store.get_session(&tenant, "s-x").await.unwrap(), None);
+
+    // Sessions and lockout state go with the user.
+    assert_eq!(
+        f.store
+            .open_session(&s1, &alice.password_hash)
+            .await
+            .unwrap(),
+        OpenOutcome::Opened
+    );
+    assert_eq!(
+        f.store
+            .open_session(&s2, &alice.password_hash)
+            .await
+            .unwrap(),
+        OpenOutcome::Opened
+    );
     let lockout = settings(5, Some(MINUTE));
     for _ in 0..2 {
         f.fail(&tenant, "subj-alice", &lockout).await;
@@ -474,8 +564,8 @@ async fn a_reused_refresh_secret_revokes_the_session(backend: Backend) {
     let f = Fixture::open(backend).await;
     let tenant = unique("reuse");
     let s = f.session(&tenant, "u", "sid-1", "h0");
-    assert!(f.store.create_session(&s).await.unwrap());
-    assert!(!f.store.create_session(&s).await.unwrap(), "ids are unique");
+    assert!(f.create_session(&s).await.unwrap());
+    assert!(!f.create_session(&s).await.unwrap(), "ids are unique");
     let cursor = f.feed_end().await;
     let idle = Duration::from_secs(600);
     let RotateOutcome::Rotated(r1) = f
@@ -538,8 +628,7 @@ async fn ending_a_session_needs_one_of_its_refresh_secrets(backend: Backend) {
     let idle = Duration::from_secs(600);
     for sid in ["s-current", "s-reused"] {
         assert!(
-            f.store
-                .create_session(&f.session(&tenant, "u", sid, "h0"))
+            f.create_session(&f.session(&tenant, "u", sid, "h0"))
                 .await
                 .unwrap()
         );
@@ -620,8 +709,7 @@ async fn concurrent_rotations_have_one_winner(backend: Backend) {
     let f = Fixture::open(backend).await;
     let tenant = unique("race");
     assert!(
-        f.store
-            .create_session(&f.session(&tenant, "u", "s", "h0"))
+        f.create_session(&f.session(&tenant, "u", "s", "h0"))
             .await
             .unwrap()
     );
@@ -656,15 +744,13 @@ async fn user_sessions_are_listed_and_revoked_with_an_exception(backend: Backend
     let tenant = unique("revoke");
     for sid in ["a", "b", "c"] {
         assert!(
-            f.store
-                .create_session(&f.session(&tenant, "u1", sid, &format!("h-{sid}")))
+            f.create_session(&f.session(&tenant, "u1", sid, &format!("h-{sid}")))
                 .await
                 .unwrap()
         );
     }
     assert!(
-        f.store
-            .create_session(&f.session(&tenant, "u2", "d", "h-d"))
+        f.create_session(&f.session(&tenant, "u2", "d", "h-d"))
             .await
             .unwrap()
     );
@@ -722,11 +808,11 @@ async fn sessions_expire_when_idle_and_at_their_absolute_end(backend: Backend) {
     let mut s = f.session(&tenant, "u", "s", "h0");
     s.idle_expires_unix = t0 + 3;
     s.absolute_expires_unix = t0 + 6;
-    assert!(f.store.create_session(&s).await.unwrap());
+    assert!(f.create_session(&s).await.unwrap());
     let mut idle_only = f.session(&tenant, "u", "idle", "i0");
     idle_only.idle_expires_unix = t0 + 3;
     idle_only.absolute_expires_unix = t0 + 6;
-    assert!(f.store.create_session(&idle_only).await.unwrap());
+    assert!(f.create_session(&idle_only).await.unwrap());
 
     f.advance(Duration::from_secs(2)).await;
     let RotateOutcome::Rotated(r) = f
@@ -877,8 +963,7 @@ async fn tenants_never_see_each_other(backend: Backend) {
         "each tenant has its own usernames"
     );
     assert!(
-        f.store
-            .create_session(&f.session(&a, uid, sid, "ha"))
+        f.create_session(&f.session(&a, uid, sid, "ha"))
             .await
             .unwrap()
     );

@@ -14,9 +14,9 @@ use zeroize::Zeroizing;
 
 use super::audit::{self, CallContext, PendingAudit};
 use super::error::AuthError;
-use super::model::{AuditEvent, LockoutSettings, UserRecord};
+use super::model::{AuditEvent, LockoutSettings, ReplaceOutcome, UserRecord, VersionedUser};
 use super::password::{PasswordHasher, PasswordPolicy, Secret};
-use super::store::AuthStore;
+use super::store::{AuthStore, StoreError};
 use super::tokens::ReloadingKeyRing;
 use crate::clock::unix_time;
 use crate::keys::{self, hex};
@@ -140,6 +140,11 @@ pub struct Authenticator<S> {
     subject_key: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
 }
 
+/// Compare-and-set rounds a user record update makes before giving up. A round is one read and
+/// one conditional write, with no hashing in between, so only a storm of writes to one user
+/// exhausts them; the caller then gets a retryable error rather than a lost update.
+const RECORD_WRITE_ROUNDS: usize = 8;
+
 /// The name of the store-wide secret that keys username hashes.
 const SUBJECT_KEY_NAME: &str = "username-hash";
 
@@ -244,6 +249,36 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         let result = call(&mut pending).await;
         self.record(pending.finish(&result)).await;
         result
+    }
+
+    /// Applies `change` to the user's current record and writes the result only if no other
+    /// write came between the read and the write (compare-and-set on the record's version),
+    /// reading again after a conflict: no write rests on a stale read. `change` says whether
+    /// there is anything to write, or refuses. `Ok(None)`: the user no longer exists.
+    pub(super) async fn modify_user(
+        &self,
+        tenant: &str,
+        user_id: &str,
+        mut change: impl FnMut(&mut UserRecord) -> Result<bool, AuthError>,
+    ) -> Result<Option<UserRecord>, AuthError> {
+        for _ in 0..RECORD_WRITE_ROUNDS {
+            let Some(VersionedUser { mut user, version }) =
+                self.store.get_user_versioned(tenant, user_id).await?
+            else {
+                return Ok(None);
+            };
+            if !change(&mut user)? {
+                return Ok(Some(user));
+            }
+            match self.store.replace_user(&version, &user).await? {
+                ReplaceOutcome::Replaced => return Ok(Some(user)),
+                ReplaceOutcome::Gone => return Ok(None),
+                ReplaceOutcome::Changed => {}
+            }
+        }
+        Err(AuthError::Store(StoreError::transient(
+            "the user record kept changing under concurrent writes",
+        )))
     }
 
     /// Creates a user; the password must meet the tenant's policy. Not audited: admins go

@@ -88,20 +88,49 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         let verified = self
             .verify_counted(input.tenant, subject, input.password, user.as_ref(), audit)
             .await?;
-        let Some(mut user) = user else {
+        let Some(found) = user else {
             // verify_counted never matches without a user.
             return Err(AuthError::Internal);
         };
-        if verified.needs_rehash {
-            // Upgrade to the configured parameters while the password is at hand; a failure
-            // here must not fail the login, the next one tries again.
+        // Upgrade to the configured parameters while the password is at hand; a failure here
+        // must not fail the login, the next one tries again.
+        let rehash = if verified.needs_rehash {
             match self.hasher.hash(input.password).await {
-                Ok(hash) => user.password_hash = hash,
-                Err(e) => tracing::warn!(error = %e, "password rehash skipped"),
+                Ok(hash) => Some(hash),
+                Err(e) => {
+                    tracing::warn!(error = %e, "password rehash skipped");
+                    None
+                }
             }
-        }
-        user.last_login_unix = Some(unix_now());
-        self.store.update_user(&user).await?;
+        } else {
+            None
+        };
+        // The record may have changed while the password was being verified: the last-login
+        // stamp and the rehash go onto the record as it is now, and only while its hash is
+        // still the one verified (else the password was changed meanwhile and this login
+        // proved the old one).
+        let verified_hash = found.password_hash;
+        let now = unix_now();
+        let user = self
+            .modify_user(input.tenant, &found.user_id, |u| {
+                if u.password_hash != verified_hash {
+                    return Err(AuthError::InvalidCredentials);
+                }
+                let mut write = false;
+                if let Some(hash) = &rehash {
+                    u.password_hash = hash.clone();
+                    write = true;
+                }
+                if u.last_login_unix.is_none_or(|last| last < now) {
+                    u.last_login_unix = Some(now);
+                    write = true;
+                }
+                Ok(write)
+            })
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        // The store opens the session only while the user exists with this hash, in the same
+        // step: a deletion or password change after this point leaves no session behind.
         self.open_session(&user, input.client_ip).await
     }
 

@@ -151,6 +151,51 @@ pub enum RotateOutcome {
     NotFound,
 }
 
+/// Which state of a user record a read saw: a write made with it succeeds only while the
+/// record is still in that state (compare-and-set), so no write rests on a stale read. Opaque
+/// to the domain; never shown by `Debug` (on Redis it is the stored record itself).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecordVersion(pub String);
+
+impl std::fmt::Debug for RecordVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecordVersion(<redacted>)")
+    }
+}
+
+/// A user record with the version it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionedUser {
+    /// The record.
+    pub user: UserRecord,
+    /// What a write of the record must present.
+    pub version: RecordVersion,
+}
+
+/// What a compare-and-set write of a user record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceOutcome {
+    /// The record was still at the expected version and now holds the new one.
+    Replaced,
+    /// Another write came first: nothing was written; read again and decide again.
+    Changed,
+    /// The user no longer exists.
+    Gone,
+}
+
+/// What opening a session for a verified login did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenOutcome {
+    /// The user exists with the password hash that was verified: the session is stored.
+    Opened,
+    /// The user's password hash is no longer the one verified (changed meanwhile): no session.
+    PasswordChanged,
+    /// The user no longer exists: no session.
+    UserGone,
+    /// The session id exists already: nothing written.
+    IdTaken,
+}
+
 /// What presenting a refresh secret to end its session did (logout).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EndOutcome {

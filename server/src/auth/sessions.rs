@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 use super::audit::CallContext;
 use super::authenticator::{Authenticator, random_token, unix_now};
 use super::error::AuthError;
-use super::model::{EndOutcome, RotateOutcome, Session, UserRecord};
+use super::model::{EndOutcome, OpenOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
 use super::store::{AuthStore, REVOCATIONS_BATCH};
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
@@ -122,9 +122,18 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             absolute_expires_unix: now + self.settings.session_lifetime.as_secs(),
             client_ip: client_ip.to_owned(),
         };
-        if !self.store.create_session(&session).await? {
+        match self
+            .store
+            .open_session(&session, &user.password_hash)
+            .await?
+        {
+            OpenOutcome::Opened => {}
+            // Deleted, or the password changed, since the login verified it: as if unknown.
+            OpenOutcome::UserGone | OpenOutcome::PasswordChanged => {
+                return Err(AuthError::InvalidCredentials);
+            }
             // 128 random bits collided: treat as a bug rather than retry silently.
-            return Err(AuthError::Internal);
+            OpenOutcome::IdTaken => return Err(AuthError::Internal),
         }
         self.tokens_for(user, &session, &secret)
     }
@@ -388,7 +397,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             if !claims.has_scope(PASSWORD_CHANGE_SCOPE) && !claims.has_scope(API_SCOPE) {
                 return Err(AuthError::InsufficientScope);
             }
-            let mut user = self
+            let user = self
                 .store
                 .get_user(&claims.tid, &claims.sub)
                 .await?
@@ -402,7 +411,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             if current.expose() == new.expose() {
                 return Err(AuthError::PasswordReused);
             }
-            user.password_hash = self
+            let new_hash = self
                 .hasher
                 .hash_new(
                     self.settings.policy_for(&claims.tid),
@@ -411,10 +420,22 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
                 )
                 .await
                 .map_err(|e| AuthError::new_password("new_password", e))?;
-            user.must_change_password = false;
-            if !self.store.update_user(&user).await? {
-                return Err(AuthError::SessionEnded);
-            }
+            // Written onto the record as it is now, and only while its hash is still the one
+            // the current password was verified against: of two concurrent changes from the
+            // same password, one wins and the other finds its current password stale.
+            let verified_hash = &user.password_hash;
+            self.modify_user(&claims.tid, &claims.sub, |u| {
+                if u.password_hash != *verified_hash {
+                    return Err(AuthError::InvalidCredentials);
+                }
+                u.password_hash.clone_from(&new_hash);
+                u.must_change_password = false;
+                Ok(true)
+            })
+            .await?
+            .ok_or(AuthError::SessionEnded)?;
+            // Sessions opened before the change (by logins that proved the old password
+            // included) end now; later ones cannot open with the old hash.
             Ok(self
                 .store
                 .revoke_user_sessions(&claims.tid, &claims.sub, Some(&claims.sid))

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::model::{
-    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
-    UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, OpenOutcome, RecordVersion,
+    ReplaceOutcome, RotateOutcome, Session, UserRecord, VersionedUser,
 };
 /// One store backs both domains, so both report its failures alike.
 pub use crate::ratelimit::store::StoreError;
@@ -49,12 +49,22 @@ pub trait AuthStore: Send + Sync + 'static {
         username: &str,
     ) -> impl Future<Output = Result<Option<UserRecord>, StoreError>> + Send;
 
-    /// Replaces a user's record; false when the user is gone. The username cannot change
-    /// (that is an error).
-    fn update_user(
+    /// The user with this id, with the version a [`replace_user`](Self::replace_user) of it
+    /// must present.
+    fn get_user_versioned(
         &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> impl Future<Output = Result<Option<VersionedUser>, StoreError>> + Send;
+
+    /// Replaces a user's record with `user` only while it is still at `expected` (atomically):
+    /// a write based on a read that another write has overtaken changes nothing. The username
+    /// cannot change (that is an error).
+    fn replace_user(
+        &self,
+        expected: &RecordVersion,
         user: &UserRecord,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+    ) -> impl Future<Output = Result<ReplaceOutcome, StoreError>> + Send;
 
     /// Erases the user (record, username index), revokes and erases their sessions
     /// (publishing the revocations) and clears the lockout state of `lockout_subject` (the
@@ -104,11 +114,14 @@ pub trait AuthStore: Send + Sync + 'static {
         subject: &str,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
-    /// Stores a new session; false when the session id exists already.
-    fn create_session(
+    /// Stores a new session for a login that verified `password_hash`, listed under its user,
+    /// in one atomic step with the check that the user still exists and still has that hash:
+    /// a login that raced a deletion or a password change opens nothing.
+    fn open_session(
         &self,
         session: &Session,
-    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+        password_hash: &str,
+    ) -> impl Future<Output = Result<OpenOutcome, StoreError>> + Send;
 
     /// The session, when alive (not past either expiry, not revoked).
     fn get_session(

@@ -47,8 +47,8 @@ pub mod redis;
 use std::time::{Duration, Instant};
 
 use crate::auth::model::{
-    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
-    UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, OpenOutcome, RecordVersion,
+    ReplaceOutcome, RotateOutcome, Session, UserRecord, VersionedUser,
 };
 use crate::auth::store::AuthStore;
 use crate::ratelimit::policy::PolicyOverride;
@@ -122,8 +122,20 @@ impl AuthStore for AnyStore {
         delegate!(self, find_user(tenant, username))
     }
 
-    async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
-        delegate!(self, update_user(user))
+    async fn get_user_versioned(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<VersionedUser>, StoreError> {
+        delegate!(self, get_user_versioned(tenant, user_id))
+    }
+
+    async fn replace_user(
+        &self,
+        expected: &RecordVersion,
+        user: &UserRecord,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        delegate!(self, replace_user(expected, user))
     }
 
     async fn delete_user(
@@ -172,8 +184,12 @@ impl AuthStore for AnyStore {
         delegate!(self, unlock(tenant, subject))
     }
 
-    async fn create_session(&self, session: &Session) -> Result<bool, StoreError> {
-        delegate!(self, create_session(session))
+    async fn open_session(
+        &self,
+        session: &Session,
+        password_hash: &str,
+    ) -> Result<OpenOutcome, StoreError> {
+        delegate!(self, open_session(session, password_hash))
     }
 
     async fn get_session(

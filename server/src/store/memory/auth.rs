@@ -10,8 +10,8 @@ use subtle::ConstantTimeEq;
 
 use super::MemoryStore;
 use crate::auth::model::{
-    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
-    UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, OpenOutcome, RecordVersion,
+    ReplaceOutcome, RotateOutcome, Session, UserRecord, VersionedUser,
 };
 use crate::auth::store::{
     AuthStore, REVOCATIONS_BATCH, REVOCATIONS_KEPT, StoreError, sort_oldest_first,
@@ -45,6 +45,10 @@ pub(super) struct MemoryAuth {
 #[derive(Debug, Default)]
 struct State {
     users: HashMap<Scoped, UserRecord>,
+    /// (tenant, user id) → the write that made the record's current state, for
+    /// compare-and-set; from `next_write`, so a deleted and re-created id never repeats one.
+    user_versions: HashMap<Scoped, u64>,
+    next_write: u64,
     /// (tenant, username) → user id.
     usernames: HashMap<Scoped, String>,
     lockouts: HashMap<Scoped, Lockout>,
@@ -131,6 +135,21 @@ impl MemoryAuth {
 }
 
 impl State {
+    /// The version of a user record (of any id: an absent record has none that matches).
+    fn version_of(&self, id: &Scoped) -> RecordVersion {
+        RecordVersion(
+            self.user_versions
+                .get(id)
+                .map_or_else(String::new, u64::to_string),
+        )
+    }
+
+    /// Records a write of a user record.
+    fn bump_version(&mut self, id: &Scoped) {
+        self.next_write += 1;
+        self.user_versions.insert(id.clone(), self.next_write);
+    }
+
     fn publish(&mut self, tenant: &str, session_id: &str) {
         self.next_revocation += 1;
         self.revocations.push_back((
@@ -192,7 +211,8 @@ impl AuthStore for MemoryStore {
             return Err(StoreError::permanent("a user with this id exists already"));
         }
         state.usernames.insert(name, user.user_id.clone());
-        state.users.insert(id, user.clone());
+        state.users.insert(id.clone(), user.clone());
+        state.bump_version(&id);
         Ok(true)
     }
 
@@ -223,19 +243,40 @@ impl AuthStore for MemoryStore {
             .cloned())
     }
 
-    async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
+    async fn get_user_versioned(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<VersionedUser>, StoreError> {
+        let state = self.auth.state.lock();
+        let id = scoped(tenant, user_id);
+        Ok(state.users.get(&id).map(|user| VersionedUser {
+            user: user.clone(),
+            version: state.version_of(&id),
+        }))
+    }
+
+    async fn replace_user(
+        &self,
+        expected: &RecordVersion,
+        user: &UserRecord,
+    ) -> Result<ReplaceOutcome, StoreError> {
         let mut state = self.auth.state.lock();
         let id = scoped(&user.tenant_id, &user.user_id);
-        let Some(current) = state.users.get_mut(&id) else {
-            return Ok(false);
+        let Some(current) = state.users.get(&id) else {
+            return Ok(ReplaceOutcome::Gone);
         };
         if current.username != user.username {
             return Err(StoreError::permanent(
-                "update_user cannot change the username",
+                "replace_user cannot change the username",
             ));
         }
-        *current = user.clone();
-        Ok(true)
+        if state.version_of(&id) != *expected {
+            return Ok(ReplaceOutcome::Changed);
+        }
+        state.users.insert(id.clone(), user.clone());
+        state.bump_version(&id);
+        Ok(ReplaceOutcome::Replaced)
     }
 
     async fn delete_user(
@@ -248,6 +289,7 @@ impl AuthStore for MemoryStore {
         let mut state = self.auth.state.lock();
         state.revoke_user(tenant, user_id, None, now);
         state.lockouts.remove(&scoped(tenant, lockout_subject));
+        state.user_versions.remove(&scoped(tenant, user_id));
         let Some(user) = state.users.remove(&scoped(tenant, user_id)) else {
             return Ok(false);
         };
@@ -347,16 +389,30 @@ impl AuthStore for MemoryStore {
             .is_some_and(|l| !l.is_empty()))
     }
 
-    async fn create_session(&self, session: &Session) -> Result<bool, StoreError> {
+    async fn open_session(
+        &self,
+        session: &Session,
+        password_hash: &str,
+    ) -> Result<OpenOutcome, StoreError> {
         let now = self.auth.now_unix();
         let mut state = self.auth.state.lock();
+        let user = state
+            .users
+            .get(&scoped(&session.tenant_id, &session.user_id));
+        match user {
+            None => return Ok(OpenOutcome::UserGone),
+            Some(u) if !same_hash(&u.password_hash, password_hash) => {
+                return Ok(OpenOutcome::PasswordChanged);
+            }
+            Some(_) => {}
+        }
         let key = scoped(&session.tenant_id, &session.session_id);
         if state
             .sessions
             .get(&key)
             .is_some_and(|e| e.session.is_alive_at(now))
         {
-            return Ok(false);
+            return Ok(OpenOutcome::IdTaken);
         }
         state.sessions.insert(
             key,
@@ -370,7 +426,7 @@ impl AuthStore for MemoryStore {
             .entry(scoped(&session.tenant_id, &session.user_id))
             .or_default()
             .insert(session.session_id.clone());
-        Ok(true)
+        Ok(OpenOutcome::Opened)
     }
 
     async fn get_session(
@@ -615,7 +671,21 @@ mod tests {
             absolute_expires_unix: now + 20,
             client_ip: String::new(),
         };
-        assert!(store.create_session(&session).await.unwrap());
+        let user = UserRecord {
+            user_id: "u".into(),
+            tenant_id: "t".into(),
+            username: "u".into(),
+            password_hash: "phc".into(),
+            roles: Vec::new(),
+            must_change_password: false,
+            created_at_unix: now,
+            last_login_unix: None,
+        };
+        assert!(store.create_user(&user).await.unwrap());
+        assert_eq!(
+            store.open_session(&session, "phc").await.unwrap(),
+            OpenOutcome::Opened
+        );
         let settings = LockoutSettings::default();
         store
             .begin_attempt("t", "x", &settings, now * 1000)

@@ -25,8 +25,8 @@ use redis::{AsyncCommands, Script};
 use super::RedisStore;
 use super::connection::store_error;
 use crate::auth::model::{
-    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, RotateOutcome, Session,
-    UserRecord,
+    AttemptGate, AuditEvent, EndOutcome, LockState, LockoutSettings, OpenOutcome, RecordVersion,
+    ReplaceOutcome, RotateOutcome, Session, UserRecord, VersionedUser,
 };
 use crate::auth::store::{
     AuthStore, REVOCATIONS_BATCH, REVOCATIONS_KEPT, StoreError, sort_oldest_first,
@@ -39,8 +39,8 @@ use crate::keys::{REVOCATIONS_KEY, audit_key, auth_key, hex, username_digest};
 pub(super) struct AuthScripts {
     /// Username uniqueness and record, in one step.
     create_user: Script,
-    /// Replaces a record while the user exists and owns its username.
-    update_user: Script,
+    /// Replaces a record only while it is still the one the caller read.
+    replace_user: Script,
     /// Record, username index and lockout state (sessions go first, by `revoke_sessions`).
     delete_user: Script,
     /// Counts an attempt before the password is verified; refuses while locked.
@@ -49,8 +49,9 @@ pub(super) struct AuthScripts {
     finish_attempt: Script,
     /// Counter and lock in one snapshot.
     lock_state: Script,
-    /// Hash, expiry and the user's list in one step.
-    create_session: Script,
+    /// The user's existence and password hash checked, then hash, expiry and the user's list,
+    /// in one step.
+    open_session: Script,
     /// Rotation and reuse detection in one step.
     rotate_refresh: Script,
     /// Logout by refresh token: the secret checked and the session deleted in one step.
@@ -65,12 +66,12 @@ impl AuthScripts {
     pub(super) fn new() -> Self {
         Self {
             create_user: Script::new(include_str!("scripts/auth_create_user.lua")),
-            update_user: Script::new(include_str!("scripts/auth_update_user.lua")),
+            replace_user: Script::new(include_str!("scripts/auth_replace_user.lua")),
             delete_user: Script::new(include_str!("scripts/auth_delete_user.lua")),
             begin_attempt: Script::new(include_str!("scripts/auth_begin_attempt.lua")),
             finish_attempt: Script::new(include_str!("scripts/auth_finish_attempt.lua")),
             lock_state: Script::new(include_str!("scripts/auth_lock_state.lua")),
-            create_session: Script::new(include_str!("scripts/auth_create_session.lua")),
+            open_session: Script::new(include_str!("scripts/auth_open_session.lua")),
             rotate_refresh: Script::new(include_str!("scripts/auth_rotate_refresh.lua")),
             end_session: Script::new(include_str!("scripts/auth_end_session.lua")),
             revoke_sessions: Script::new(include_str!("scripts/auth_revoke_sessions.lua")),
@@ -90,9 +91,6 @@ const USER_SESSIONS: &str = "user-sessions";
 
 /// Audit entries read per round trip when filtering by user.
 const AUDIT_SCAN_CHUNK: usize = 1000;
-
-/// How many times `delete_user` sweeps sessions created while it runs.
-const DELETE_SWEEPS: usize = 3;
 
 fn now_unix() -> u64 {
     unix_time().as_secs()
@@ -342,10 +340,33 @@ impl AuthStore for RedisStore {
         Ok(user.filter(|u| u.username == username))
     }
 
-    async fn update_user(&self, user: &UserRecord) -> Result<bool, StoreError> {
-        let updated: i64 = self
+    async fn get_user_versioned(
+        &self,
+        tenant: &str,
+        user_id: &str,
+    ) -> Result<Option<VersionedUser>, StoreError> {
+        let json: Option<String> = self
+            .conn
+            .clone()
+            .get(auth_key(tenant, USER, user_id))
+            .await
+            .map_err(store_error)?;
+        let Some(json) = json else { return Ok(None) };
+        Ok(Some(VersionedUser {
+            user: user_from_json(&json)?,
+            // The stored text itself: the replace script compares it byte for byte.
+            version: RecordVersion(json),
+        }))
+    }
+
+    async fn replace_user(
+        &self,
+        expected: &RecordVersion,
+        user: &UserRecord,
+    ) -> Result<ReplaceOutcome, StoreError> {
+        let replaced: i64 = self
             .auth
-            .update_user
+            .replace_user
             .key(auth_key(&user.tenant_id, USER, &user.user_id))
             .key(auth_key(
                 &user.tenant_id,
@@ -353,15 +374,17 @@ impl AuthStore for RedisStore {
                 &username_digest(&user.username),
             ))
             .arg(&user.user_id)
+            .arg(&expected.0)
             .arg(to_json(user)?)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        match updated {
-            1 => Ok(true),
-            0 => Ok(false),
+        match replaced {
+            1 => Ok(ReplaceOutcome::Replaced),
+            2 => Ok(ReplaceOutcome::Changed),
+            0 => Ok(ReplaceOutcome::Gone),
             _ => Err(StoreError::permanent(
-                "update_user cannot change the username",
+                "replace_user cannot change the username",
             )),
         }
     }
@@ -372,14 +395,6 @@ impl AuthStore for RedisStore {
         user_id: &str,
         lockout_subject: &str,
     ) -> Result<bool, StoreError> {
-        // Sessions first: a failure then leaves the user in place for a retry.
-        for _ in 0..DELETE_SWEEPS {
-            let ids = self.listed_sessions(tenant, user_id).await?;
-            if ids.is_empty() {
-                break;
-            }
-            self.revoke_listed(tenant, user_id, &ids).await?;
-        }
         let user = self.get_user(tenant, user_id).await?;
         let username_key = auth_key(
             tenant,
@@ -397,6 +412,11 @@ impl AuthStore for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
+        // The record goes first: from then on no login can open a session for the user (the
+        // open script checks the record), so the sessions listed now are all there will be.
+        // A failure here leaves them listed, and a retry (which finds no user) ends them.
+        let ids = self.listed_sessions(tenant, user_id).await?;
+        self.revoke_listed(tenant, user_id, &ids).await?;
         Ok(existed == 1)
     }
 
@@ -483,23 +503,37 @@ impl AuthStore for RedisStore {
         Ok(removed > 0)
     }
 
-    async fn create_session(&self, session: &Session) -> Result<bool, StoreError> {
+    async fn open_session(
+        &self,
+        session: &Session,
+        password_hash: &str,
+    ) -> Result<OpenOutcome, StoreError> {
         let t = &session.tenant_id;
-        let mut invocation = self.auth.create_session.prepare_invoke();
+        let mut invocation = self.auth.open_session.prepare_invoke();
         invocation
+            .key(auth_key(t, USER, &session.user_id))
             .key(auth_key(t, SESSION, &session.session_id))
             .key(auth_key(t, USER_SESSIONS, &session.user_id))
+            .arg(password_hash)
             .arg(&session.session_id)
             .arg(session.expires_unix())
             .arg(session.absolute_expires_unix);
         for (field, value) in session_fields(session) {
             invocation.arg(field).arg(value);
         }
-        let created: i64 = invocation
+        let opened: i64 = invocation
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
-        Ok(created == 1)
+        match opened {
+            1 => Ok(OpenOutcome::Opened),
+            0 => Ok(OpenOutcome::UserGone),
+            2 => Ok(OpenOutcome::PasswordChanged),
+            3 => Ok(OpenOutcome::IdTaken),
+            _ => Err(StoreError::permanent(
+                "session-opening script returned a malformed reply",
+            )),
+        }
     }
 
     async fn get_session(

@@ -1,6 +1,7 @@
 -- Erases a user's record, its username index (only while it points at this user, so a
 -- username taken over since is left alone) and the lockout state of the user's subject.
--- Sessions are revoked before, by auth_revoke_sessions.lua.
+-- Sessions are revoked right after, by auth_revoke_sessions.lua: once the record is gone no
+-- login can open another (auth_open_session.lua checks it).
 --
 -- KEYS[1]  the user record, auth:{t}:user:<user id>
 -- KEYS[2]  the username index, auth:{t}:username:<sha256 hex>
