@@ -18,6 +18,7 @@ use super::model::{AuditEvent, LockoutSettings, ReplaceOutcome, UserRecord, Vers
 use super::password::{PasswordHasher, PasswordPolicy, Secret};
 use super::store::{AuthStore, StoreError};
 use super::tokens::ReloadingKeyRing;
+use super::username::{lookup_name, normalise_username};
 use crate::clock::unix_time;
 use crate::keys::{self, hex};
 use crate::ratelimit::Limiter;
@@ -199,8 +200,11 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
     }
 
     /// The lockout subject (and audit name) of a username: a keyed hash, so unknown users are
-    /// counted like known ones and no username is stored in clear outside its record.
+    /// counted like known ones and no username is stored in clear outside its record. Taken of
+    /// the normalised name, so every spelling of an account shares its lockout count (a name
+    /// stored before normalisation that does not normalise is taken as it is).
     pub async fn subject(&self, tenant: &str, username: &str) -> Result<String, AuthError> {
+        let username = normalise_username(username).unwrap_or_else(|_| username.to_owned());
         let key = self
             .subject_key
             .get_or_try_init(|| async {
@@ -219,6 +223,25 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         h.update(tenant.as_bytes());
         h.update(username.as_bytes());
         Ok(hex(&h.finalize()))
+    }
+
+    /// The user a username names: the account under its normalised form or, for accounts
+    /// stored before usernames were normalised, under exactly the name given (trimmed).
+    pub(super) async fn find_by_username(
+        &self,
+        tenant: &str,
+        username: &str,
+    ) -> Result<Option<UserRecord>, AuthError> {
+        let name = lookup_name(username)?;
+        if let Some(normalised) = &name.normalised {
+            if let Some(user) = self.store.find_user(tenant, normalised).await? {
+                return Ok(Some(user));
+            }
+            if *normalised == name.given {
+                return Ok(None);
+            }
+        }
+        Ok(self.store.find_user(tenant, &name.given).await?)
     }
 
     /// Writes a finished event to the log and to the tenant's stream. A store failure is
@@ -285,7 +308,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
     /// through [`admin_create_user`](Self::admin_create_user).
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<UserRecord, AuthError> {
         keys::validate_id("tenant_id", new.tenant, true)?;
-        keys::validate_id("username", new.username, true)?;
+        let username = normalise_username(new.username)?;
         for (i, role) in new.roles.iter().enumerate() {
             keys::validate_id(&format!("roles[{i}]"), role, true)?;
         }
@@ -294,14 +317,14 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             .hash_new(
                 self.settings.policy_for(new.tenant),
                 new.password,
-                &[new.username, new.tenant],
+                &[&username, new.tenant],
             )
             .await
             .map_err(|e| AuthError::new_password("initial_password", e))?;
         let user = UserRecord {
             user_id: random_token(16)?,
             tenant_id: new.tenant.to_owned(),
-            username: new.username.to_owned(),
+            username,
             password_hash: hash,
             roles: new.roles,
             must_change_password: new.must_change_password,

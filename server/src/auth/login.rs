@@ -8,6 +8,7 @@ use super::model::{AttemptGate, UserRecord};
 use super::password::{Secret, Verified};
 use super::sessions::Tokens;
 use super::store::AuthStore;
+use super::username::lookup_name;
 use crate::keys;
 use crate::ratelimit::store::RateLimitStore;
 use crate::telemetry::metrics::LOCKOUTS;
@@ -43,7 +44,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         };
         self.audited(&ctx, input.tenant, "login", async |audit| {
             keys::validate_id("tenant_id", input.tenant, true)?;
-            keys::validate_id("username", input.username, true)?;
+            lookup_name(input.username)?;
             keys::validate_id("client_ip", input.client_ip, false)?;
             let subject = self.subject(input.tenant, input.username).await?;
             audit.event.username_hash = subject.clone();
@@ -81,7 +82,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         subject: &str,
         audit: &mut PendingAudit,
     ) -> Result<Tokens, AuthError> {
-        let user = self.store.find_user(input.tenant, input.username).await?;
+        let user = self.find_by_username(input.tenant, input.username).await?;
         if let Some(u) = &user {
             audit.user(&u.user_id);
         }

@@ -11,6 +11,7 @@ pub mod password;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod username;
 pub mod users;
 
 pub use self::authenticator::{AuthSettings, Authenticator, LoginLimits, NewUser};

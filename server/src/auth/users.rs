@@ -80,10 +80,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
                 require("user_id", id)?;
                 self.store.get_user(tenant, id).await?
             }
-            UserRef::Username(name) => {
-                require("username", name)?;
-                self.store.find_user(tenant, name).await?
-            }
+            UserRef::Username(name) => self.find_by_username(tenant, name).await?,
         }
         .ok_or(AuthError::NotFound)?;
         let subject = self.subject(tenant, &user.username).await?;
