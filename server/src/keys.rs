@@ -101,6 +101,18 @@ pub fn throttle_key(tenant: &str, kind: &str, id: &str) -> String {
     out
 }
 
+/// The counter key of a throttle across all tenants (e.g. logins per client address):
+/// `rlg:{id}:kind`. The id is the hash tag, so such keys spread over a Cluster; the prefix is
+/// its own, so no tenant's key can share (or drain) one.
+pub fn global_throttle_key(kind: &str, id: &str) -> String {
+    let mut out = String::with_capacity(10 + kind.len() + id.len());
+    out.push_str("rlg:{");
+    push_escaped(&mut out, id);
+    out.push_str("}:");
+    out.push_str(kind);
+    out
+}
+
 /// An authentication key: `auth:{tenant}:kind:id`, with tenant and id escaped like counter
 /// keys, so one tenant's auth keys share a Cluster slot (multi-key scripts stay legal) and no
 /// id can reach another tenant's keys. `kind` is a fixed word chosen by the store.
@@ -198,6 +210,22 @@ mod tests {
         assert_ne!(check_key("a:b", "c", ""), check_key("a", "b:c", ""));
         assert_eq!(k.matches('{').count(), 1);
         assert_eq!(k.matches('}').count(), 1);
+    }
+
+    #[test]
+    fn global_throttle_keys_tag_the_id() {
+        assert_eq!(
+            global_throttle_key("login", "10.0.0.1"),
+            "rlg:{10.0.0.1}:login"
+        );
+        assert_eq!(
+            global_throttle_key("login", "2001:db8::/64"),
+            "rlg:{2001%3Adb8%3A%3A%2F64}:login"
+        );
+        assert_ne!(
+            global_throttle_key("login", "t"),
+            throttle_key("t", "login", "")
+        );
     }
 
     #[test]

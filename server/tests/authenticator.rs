@@ -59,7 +59,9 @@ fn settings(lockout: LockoutSettings, reveal_lockout: bool) -> AuthSettings {
         tenant_policies: HashMap::new(),
         login_limits: LoginLimits {
             per_ip: Limit::new(1000, Duration::from_secs(60), 1000).unwrap(),
+            per_ip_all_tenants: Limit::new(1000, Duration::from_secs(60), 1000).unwrap(),
             per_tenant: Limit::new(1000, Duration::from_secs(60), 1000).unwrap(),
+            hashing_per_ip: 2,
         },
         audit_retention_days: 1,
         subject_key: Some(Zeroizing::new([9u8; 32])),

@@ -45,8 +45,15 @@ fn config_file_with_argon2(
 ) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("portcullis.toml");
+    // Every test logs in from CLIENT_IP, and the servers on Redis share one store: the throttle
+    // across tenants and the hashing share per address stay out of the way unless a test is
+    // about them (and sets them).
+    let mut auth_lines = auth_lines.to_owned();
+    if !auth_lines.contains("login_limit_per_ip_all_tenants") {
+        auth_lines.push_str("\nlogin_limit_per_ip_all_tenants = \"1000000/1m\"");
+    }
     let text = format!(
-        "[auth]\n{auth_lines}\n\n[auth.argon2]\nmemory_kib = {memory_kib}\niterations = {iterations}\nparallelism = 1\n"
+        "[auth]\n{auth_lines}\n\n[auth.argon2]\nmemory_kib = {memory_kib}\niterations = {iterations}\nparallelism = 1\npermits_per_client_ip = 64\n"
     );
     std::fs::write(&path, text).unwrap();
     (dir, path)
@@ -129,6 +136,18 @@ impl Api {
     /// Starts a server with Argon2 at (memory KiB, iterations).
     async fn start_with_argon2(backend: Backend, auth_lines: &str, argon2: (u32, u32)) -> Self {
         let (dir, path) = config_file_with_argon2(auth_lines, argon2);
+        Self::start_with_file(backend, dir, path).await
+    }
+
+    /// Starts a server with exactly this config file.
+    async fn start_with_config(backend: Backend, toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        std::fs::write(&path, toml).unwrap();
+        Self::start_with_file(backend, dir, path).await
+    }
+
+    async fn start_with_file(backend: Backend, dir: tempfile::TempDir, path: PathBuf) -> Self {
         let server =
             TestServer::start(backend, &["--config", path.to_str().expect("utf-8 path")]).await;
         Self {
@@ -931,7 +950,162 @@ async fn logins_are_throttled_per_client_ip(backend: Backend) {
         .expect("another client IP has its own budget");
 }
 
+/// An address of the benchmarking range no other test uses, so tests sharing a store do not
+/// share its throttles.
+fn fresh_ip() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let salt = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let n = salt.wrapping_add(NEXT.fetch_add(7919, Ordering::Relaxed)) % 62_500;
+    format!("198.18.{}.{}", n / 250, 1 + n % 250)
+}
+
+/// The full config of the throttle tests: cheap Argon2, the given `[auth]` lines.
+fn throttle_config(auth_lines: &str, argon2_lines: &str) -> String {
+    format!(
+        "[auth]\n{auth_lines}\n\n[auth.argon2]\nmemory_kib = 1024\niterations = 1\nparallelism = 1\n{argon2_lines}\n"
+    )
+}
+
+/// `client_ip` used to be any string: `10.9.9.9 `, `010.9.9.9` and `::ffff:10.9.9.9` counted
+/// as three sources, and one source naming a new tenant on every call was never throttled.
+async fn one_source_is_throttled_as_one(backend: Backend) {
+    // Per (tenant, address) 3 per minute, per address across tenants 5.
+    let api = Api::start_with_config(
+        backend,
+        &throttle_config(
+            "login_limit_per_ip = \"3/1m\"\nlogin_limit_per_ip_all_tenants = \"5/1m\"",
+            "permits_per_client_ip = 64",
+        ),
+    )
+    .await;
+    api.create_user("ivy", GOOD, READER, Some(false)).await;
+    for bad in ["10.9.9.9 ", "010.9.9.9", "not-an-address", "10.9.9.9/32"] {
+        invalid_field(api.login_from("ivy", GOOD, bad).await, "client_ip");
+    }
+
+    // Spellings of one address are one address.
+    let ip = fresh_ip();
+    let mapped = format!("::ffff:{ip}");
+    for client in [&ip, &mapped, &ip] {
+        api.login_from("ivy", GOOD, client).await.unwrap();
+    }
+    refused(
+        api.login_from("ivy", GOOD, &mapped).await,
+        Code::ResourceExhausted,
+        "LOGIN_THROTTLED",
+    );
+
+    // A fresh address naming a new tenant on each call gets 5 logins in all, not 5 per tenant.
+    let roamer = fresh_ip();
+    for i in 0..5 {
+        let other = api.client.clone().with_tenant(&unique(&format!("roam{i}")));
+        other.create_user("ivy", GOOD, READER, Some(false)).await;
+        other.login_from("ivy", GOOD, &roamer).await.unwrap();
+    }
+    let sixth = api.client.clone().with_tenant(&unique("roam5"));
+    sixth.create_user("ivy", GOOD, READER, Some(false)).await;
+    refused(
+        sixth.login_from("ivy", GOOD, &roamer).await,
+        Code::ResourceExhausted,
+        "LOGIN_THROTTLED",
+    );
+
+    // IPv6 counts per /64: another host of the same /64 shares the budget.
+    let v4 = fresh_ip();
+    let octets: Vec<&str> = v4.split('.').collect();
+    let v6 = format!("2001:db8:{}:{}::1", octets[2], octets[3]);
+    let v6_sibling = format!("2001:db8:{}:{}:ffff::2", octets[2], octets[3]);
+    for _ in 0..3 {
+        api.login_from("ivy", GOOD, &v6).await.unwrap();
+    }
+    refused(
+        api.login_from("ivy", GOOD, &v6_sibling).await,
+        Code::ResourceExhausted,
+        "LOGIN_THROTTLED",
+    );
+}
+
+/// The throttles are decided together, all or nothing: a login the tenant's limit refuses
+/// takes nothing from the address's budgets (it used to be charged to the address first).
+async fn a_refused_login_charges_no_throttle(backend: Backend) {
+    let api = Api::start_with_config(
+        backend,
+        &throttle_config(
+            "login_limit_per_ip_all_tenants = \"5/1m\"\nlogin_limit_per_tenant = \"2/1m\"",
+            "permits_per_client_ip = 64",
+        ),
+    )
+    .await;
+    let ip = fresh_ip();
+    api.create_user("jay", GOOD, READER, Some(false)).await;
+    for _ in 0..2 {
+        api.login_from("jay", GOOD, &ip).await.unwrap();
+    }
+    for _ in 0..2 {
+        refused(
+            api.login_from("jay", GOOD, &ip).await,
+            Code::ResourceExhausted,
+            "LOGIN_THROTTLED",
+        );
+    }
+    // The two refusals left the address 3 of its 5.
+    for i in 0..3 {
+        let other = api.client.clone().with_tenant(&unique(&format!("next{i}")));
+        other.create_user("jay", GOOD, READER, Some(false)).await;
+        other
+            .login_from("jay", GOOD, &ip)
+            .await
+            .unwrap_or_else(|e| {
+                panic!("login {i} on another tenant: {e:?}");
+            });
+    }
+}
+
+/// One address may have at most its share of the hashing permits in flight; the rest of its
+/// logins are refused at once while other addresses are still served.
+async fn one_address_holds_only_its_share_of_hashing(backend: Backend) {
+    let api = Api::start_with_config(
+        backend,
+        &format!(
+            "[auth]\nlogin_limit_per_ip = \"100000/1m\"\nlogin_limit_per_ip_all_tenants = \"100000/1m\"\nlogin_limit_per_tenant = \"100000/1m\"\n\n[auth.argon2]\nmemory_kib = {}\niterations = {}\nparallelism = 1\npermits = 2\npermits_per_client_ip = 1\n",
+            RACE_ARGON2.0, RACE_ARGON2.1
+        ),
+    )
+    .await;
+    api.create_user("kai", GOOD, READER, Some(false)).await;
+    let flooder = fresh_ip();
+    let flood = join_all((0..6).map(|_| api.login_from("kai", GOOD, &flooder)));
+    let other = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        api.login_from("kai", GOOD, &fresh_ip()).await
+    };
+    let (flooded, other) = tokio::join!(flood, other);
+    other.expect("another address is served during the flood");
+    let refused_now = flooded
+        .into_iter()
+        .filter_map(Result::err)
+        .map(|status| (status.code(), reason(&status)))
+        .collect::<Vec<_>>();
+    assert!(
+        !refused_now.is_empty(),
+        "six concurrent logins from one address all got hashing permits"
+    );
+    assert!(
+        refused_now
+            .iter()
+            .all(|(code, why)| *code == Code::ResourceExhausted && why == "LOGIN_THROTTLED"),
+        "{refused_now:?}"
+    );
+}
+
 portcullis_tests::on_every_store!(
+    one_source_is_throttled_as_one,
+    a_refused_login_charges_no_throttle,
+    one_address_holds_only_its_share_of_hashing,
     login_verify_refresh_logout,
     a_forged_refresh_token_ends_no_session,
     a_login_racing_a_password_change_undoes_nothing,

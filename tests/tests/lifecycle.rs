@@ -61,9 +61,13 @@ async fn sigterm_lets_calls_in_flight_finish_then_exits_zero() {
     };
 
     // Argon2-bound logins (default cost, two permits) are in flight for hundreds of ms.
-    let logins = (0..6).map(|_| {
+    // From six addresses: one address may have only half the permits in flight.
+    let logins = (0..6).map(|i| {
         let api = api.clone();
-        tokio::spawn(async move { api.login("alice", PASSWORD).await })
+        tokio::spawn(async move {
+            api.login_from("alice", PASSWORD, &format!("198.51.100.{i}"))
+                .await
+        })
     });
     let logins: Vec<_> = logins.collect();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::audit::{self, CallContext, PendingAudit};
+use super::client_ip::InFlightByNetwork;
 use super::error::AuthError;
 use super::model::{AuditEvent, LockoutSettings, ReplaceOutcome, UserRecord, VersionedUser};
 use super::password::{PasswordHasher, PasswordPolicy, Secret};
@@ -57,13 +58,19 @@ pub struct AuthSettings {
     pub subject_key: Option<Zeroizing<[u8; 32]>>,
 }
 
-/// The login throttles.
+/// The login throttles, all decided before any hashing.
 #[derive(Debug, Clone, Copy)]
 pub struct LoginLimits {
-    /// Per (tenant, client IP): slows one source guessing many accounts.
+    /// Per (tenant, client IP): slows one source guessing many accounts of a tenant.
     pub per_ip: Limit,
+    /// Per client IP across all tenants: a source naming a new tenant on every call is still
+    /// one source.
+    pub per_ip_all_tenants: Limit,
     /// Per tenant: caps what a distributed guesser can make a tenant cost.
     pub per_tenant: Limit,
+    /// Logins one client IP may have queued for or holding a hashing permit at once, so no
+    /// source holds more than its share of the hasher.
+    pub hashing_per_ip: usize,
 }
 
 impl std::fmt::Debug for AuthSettings {
@@ -137,6 +144,8 @@ pub struct Authenticator<S> {
     pub(super) revocations: RevocationCache,
     /// The rate limiter the login throttles run on (the same store's counters).
     pub(super) throttle: Option<Arc<Limiter<S>>>,
+    /// Logins in flight per client network, for [`LoginLimits::hashing_per_ip`].
+    pub(super) hashing_by_ip: InFlightByNetwork,
     /// The username-hash key in force (see [`AuthSettings::subject_key`]).
     subject_key: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
 }
@@ -178,6 +187,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             keys,
             revocations: RevocationCache::default(),
             throttle: None,
+            hashing_by_ip: InFlightByNetwork::default(),
             subject_key: tokio::sync::OnceCell::new_with(settings.subject_key.clone()),
             settings,
         }

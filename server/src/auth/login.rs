@@ -1,8 +1,11 @@
 //! Logins: throttles per client and per tenant, the attempt counted before its password is
 //! verified (lockout across replicas), rehashing, and the session a success opens.
 
+use std::time::Duration;
+
 use super::audit::{CallContext, PendingAudit};
 use super::authenticator::{Authenticator, unix_now, unix_now_ms};
+use super::client_ip::{ClientIp, parse_client_ip};
 use super::error::AuthError;
 use super::model::{AttemptGate, UserRecord};
 use super::password::{Secret, Verified};
@@ -26,6 +29,10 @@ pub struct LoginInput<'a> {
     pub client_ip: &'a str,
 }
 
+/// When a source that already has its share of logins in flight may try again: about one
+/// password verification.
+const HASHING_SHARE_RETRY: Duration = Duration::from_millis(200);
+
 impl<S: AuthStore + RateLimitStore> Authenticator<S> {
     /// Verifies a password and opens a session; audited as `login`.
     ///
@@ -45,40 +52,64 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         self.audited(&ctx, input.tenant, "login", async |audit| {
             keys::validate_id("tenant_id", input.tenant, true)?;
             lookup_name(input.username)?;
-            keys::validate_id("client_ip", input.client_ip, false)?;
+            let client = parse_client_ip(input.client_ip)?;
             let subject = self.subject(input.tenant, input.username).await?;
             audit.event.username_hash = subject.clone();
-            self.check_login_throttles(input.tenant, input.client_ip)
+            self.check_login_throttles(input.tenant, client.as_ref())
                 .await?;
-            self.login_verified(&input, &subject, audit).await
+            // One source's share of the hasher, held until the login ends.
+            let _slot = match &client {
+                Some(c) => Some(
+                    self.hashing_by_ip
+                        .try_take(&c.network, self.settings.login_limits.hashing_per_ip)
+                        .ok_or(AuthError::Throttled {
+                            retry_after: HASHING_SHARE_RETRY,
+                        })?,
+                ),
+                None => None,
+            };
+            let client_ip = client.map(|c| c.address).unwrap_or_default();
+            self.login_verified(&input, &client_ip, &subject, audit)
+                .await
         })
         .await
     }
 
-    async fn check_login_throttles(&self, tenant: &str, client_ip: &str) -> Result<(), AuthError> {
+    /// The login throttles, decided together in one store call (all or nothing) before any
+    /// hashing: per client network across all tenants, per (tenant, client network), per
+    /// tenant. Without a client address there is no source to throttle; the tenant limit
+    /// still applies.
+    async fn check_login_throttles(
+        &self,
+        tenant: &str,
+        client: Option<&ClientIp>,
+    ) -> Result<(), AuthError> {
         let Some(limiter) = &self.throttle else {
             return Ok(());
         };
         let limits = self.settings.login_limits;
-        // Without a client IP there is no source to throttle; the tenant limit still applies.
-        let per_ip = (!client_ip.is_empty()).then(|| {
-            (
-                keys::throttle_key(tenant, "login-ip", client_ip),
+        let mut throttles = Vec::with_capacity(3);
+        if let Some(c) = client {
+            throttles.push((
+                keys::global_throttle_key("login", &c.network),
+                limits.per_ip_all_tenants,
+            ));
+            throttles.push((
+                keys::throttle_key(tenant, "login-ip", &c.network),
                 limits.per_ip,
-            )
-        });
-        let per_tenant = Some((keys::throttle_key(tenant, "login", ""), limits.per_tenant));
-        for (key, limit) in [per_ip, per_tenant].into_iter().flatten() {
-            if let Some(retry_after) = limiter.throttle(key, limit).await? {
-                return Err(AuthError::Throttled { retry_after });
-            }
+            ));
         }
-        Ok(())
+        throttles.push((keys::throttle_key(tenant, "login", ""), limits.per_tenant));
+        match limiter.throttle(&throttles).await? {
+            None => Ok(()),
+            Some(retry_after) => Err(AuthError::Throttled { retry_after }),
+        }
     }
 
     async fn login_verified(
         &self,
         input: &LoginInput<'_>,
+        client_ip: &str,
         subject: &str,
         audit: &mut PendingAudit,
     ) -> Result<Tokens, AuthError> {
@@ -132,7 +163,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             .ok_or(AuthError::InvalidCredentials)?;
         // The store opens the session only while the user exists with this hash, in the same
         // step: a deletion or password change after this point leaves no session behind.
-        self.open_session(&user, input.client_ip).await
+        self.open_session(&user, client_ip).await
     }
 
     /// Checks `password` against `user` (a dummy hash when `None`, so an unknown user costs

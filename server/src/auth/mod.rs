@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod authenticator;
+pub mod client_ip;
 pub mod error;
 pub mod login;
 pub mod model;

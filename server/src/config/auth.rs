@@ -67,6 +67,7 @@ pub(super) struct AuthSection {
     tenant_password_policy: HashMap<String, PasswordPolicy>,
     audit_retention_days: Option<u32>,
     login_limit_per_ip: Option<String>,
+    login_limit_per_ip_all_tenants: Option<String>,
     login_limit_per_tenant: Option<String>,
     revocation_poll: Option<String>,
     key_set_poll: Option<String>,
@@ -92,6 +93,7 @@ struct Argon2Section {
     iterations: Option<u32>,
     parallelism: Option<u32>,
     permits: Option<usize>,
+    permits_per_client_ip: Option<usize>,
     queue_timeout: Option<String>,
 }
 
@@ -231,6 +233,17 @@ impl AuthConfig {
         )
         .map_err(|e| invalid("config file: auth.argon2", e))?;
         let hash_permits = file.argon2.permits.unwrap_or_else(default_permits);
+        // Half the permits by default (at least one): one source can never take them all.
+        let hashing_per_ip = match file.argon2.permits_per_client_ip {
+            None => hash_permits.div_ceil(2).max(1),
+            Some(0) => {
+                return Err(invalid(
+                    "config file: auth.argon2.permits_per_client_ip",
+                    "must be at least 1",
+                ));
+            }
+            Some(n) => n,
+        };
         let hash_queue_timeout = file_duration(
             file.argon2.queue_timeout,
             "argon2.queue_timeout",
@@ -266,11 +279,17 @@ impl AuthConfig {
                 tenant_policies: file.tenant_password_policy,
                 login_limits: LoginLimits {
                     per_ip: limit_setting(file.login_limit_per_ip, "login_limit_per_ip", "20/1m")?,
+                    per_ip_all_tenants: limit_setting(
+                        file.login_limit_per_ip_all_tenants,
+                        "login_limit_per_ip_all_tenants",
+                        "60/1m",
+                    )?,
                     per_tenant: limit_setting(
                         file.login_limit_per_tenant,
                         "login_limit_per_tenant",
                         "600/1m",
                     )?,
+                    hashing_per_ip,
                 },
                 audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
                 // The store's shared `username-hash` secret, so every replica hashes alike.

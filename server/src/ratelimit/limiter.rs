@@ -448,36 +448,54 @@ impl<S: RateLimitStore> Limiter<S> {
         }
     }
 
-    /// Takes one unit from `key` under `limit`, outside the policy table: the service's own
-    /// throttles (logins). `Ok(None)` admits, `Ok(Some(wait))` refuses until `wait` has passed.
-    /// A store failure is an error whatever the fail modes say: the caller decides.
+    /// Takes one unit from every `(key, limit)`, outside the policy table: the service's own
+    /// throttles (logins), decided together in one store call, all or nothing, so a refusal by
+    /// one charges none of the others. `Ok(None)` admits, `Ok(Some(wait))` refuses until
+    /// `wait` (the longest of the refusing limits' waits) has passed. A store failure is an
+    /// error whatever the fail modes say: the caller decides.
     pub async fn throttle(
         &self,
-        key: String,
-        limit: Limit,
+        limits: &[(String, Limit)],
     ) -> Result<Option<Duration>, RateLimitError> {
         let sent_at = Instant::now();
-        if let Some(hit) = self
-            .deny_cache
-            .as_ref()
-            .and_then(|c| c.lookup(&key, 1, sent_at))
-        {
-            return Ok(Some(hit.retry_after));
+        if let Some(cache) = &self.deny_cache {
+            let cached = limits
+                .iter()
+                .filter_map(|(key, _)| cache.lookup(key, 1, sent_at))
+                .map(|hit| hit.retry_after)
+                .max();
+            if cached.is_some() {
+                return Ok(cached);
+            }
         }
-        let batch = [LimitRequest {
-            key,
-            gcra: limit.gcra(),
-            cost: 1,
-            enforced: true,
-        }];
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let batch: Vec<LimitRequest> = limits
+            .iter()
+            .map(|(key, limit)| LimitRequest {
+                key: key.clone(),
+                gcra: limit.gcra(),
+                cost: 1,
+                enforced: true,
+            })
+            .collect();
         let outcome = self.decide(&batch).await?;
         self.remember_denials(&batch, &outcome, sent_at);
-        Ok(match outcome.keys.first().map(|k| k.verdict) {
-            Some(Verdict::Allowed) => None,
-            Some(Verdict::Denied { retry_after_us }) => Some(Duration::from_micros(retry_after_us)),
-            // A burst of 0 cannot be configured; treat anything else as a refusal for a period.
-            _ => Some(limit.period()),
-        })
+        if outcome.committed {
+            return Ok(None);
+        }
+        let wait = limits
+            .iter()
+            .zip(&outcome.keys)
+            .filter_map(|((_, limit), k)| match k.verdict {
+                Verdict::Allowed => None,
+                Verdict::Denied { retry_after_us } => Some(Duration::from_micros(retry_after_us)),
+                // A burst of 0 cannot be configured; treat it as a refusal for a period.
+                Verdict::CostExceedsBurst => Some(limit.period()),
+            })
+            .max();
+        Ok(Some(wait.unwrap_or(Duration::ZERO)))
     }
 
     pub(super) fn remember_denials(
