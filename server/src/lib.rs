@@ -106,6 +106,9 @@ fn stopped(stop: &tokio::sync::broadcast::Sender<()>) -> impl Future<Output = ()
     }
 }
 
+/// How often counted audit events whose window has ended are looked for and written.
+const COUNTED_AUDIT_CHECK: Duration = Duration::from_secs(1);
+
 /// How often histogram buckets are folded for rendering (the exporter's upkeep).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
@@ -273,6 +276,10 @@ async fn serve(
             auth.keys()
                 .clone()
                 .watch(config.auth.key_set_poll, stopped(stop_background)),
+        ),
+        tokio::spawn(
+            auth.clone()
+                .write_counted_audit_every(COUNTED_AUDIT_CHECK, stopped(stop_background)),
         ),
     ];
 

@@ -64,6 +64,7 @@ fn settings(lockout: LockoutSettings, reveal_lockout: bool) -> AuthSettings {
             hashing_per_ip: 2,
         },
         audit_retention_days: 1,
+        audit_counting: Default::default(),
         subject_key: Some(Zeroizing::new([9u8; 32])),
     }
 }

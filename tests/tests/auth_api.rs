@@ -950,6 +950,106 @@ async fn logins_are_throttled_per_client_ip(backend: Backend) {
         .expect("another client IP has its own budget");
 }
 
+/// Every event of the tenant's audit log, newest first, page by page.
+async fn all_audit_events(api: &Api) -> Vec<pb::AuditEvent> {
+    let mut events = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = api.audit_page(1000, &after).await;
+        events.extend(page.events);
+        if page.next_after_id.is_empty() {
+            return events;
+        }
+        after = page.next_after_id;
+    }
+}
+
+/// Calls with no valid credential used to store one audit event each, kept a year: 100,000
+/// forged refresh tokens put 100,000 entries (about 20 MB) into Redis in 15 s. Failures that
+/// prove nothing are now counted: 20,000 forged refreshes for one tenant add a handful of
+/// events that still count every call, and the tenant's real user refreshes as before.
+async fn forged_calls_are_counted_not_stored_one_by_one(backend: Backend) {
+    const FORGED: usize = 20_000;
+    const CALLERS: usize = 16;
+    let api = Api::start(backend, "audit_count_window = \"1s\"").await;
+    api.create_user("mona", GOOD, READER, Some(false)).await;
+    let real = api.login("mona", GOOD).await.unwrap();
+
+    let tenant = B64URL.encode(api.tenant.as_bytes());
+    let secret = B64URL.encode([3u8; 32]);
+    join_all((0..CALLERS).map(|caller| {
+        let mut auth = api.auth();
+        let (tenant, secret) = (tenant.clone(), secret.clone());
+        async move {
+            for i in (caller..FORGED).step_by(CALLERS) {
+                let request = pb::RefreshRequest {
+                    refresh_token: format!("{tenant}.never-{i}.{secret}"),
+                };
+                let status = auth.refresh(request).await.unwrap_err();
+                assert_eq!(reason(&status), "SESSION_ENDED");
+            }
+        }
+    }))
+    .await;
+    // The flood neither throttled nor locked the tenant's real user.
+    let refreshed = api.refresh(&real.refresh_token).await.unwrap();
+    api.verify(&refreshed.access_token).await.unwrap();
+
+    // Once the counting window is over, the counted event is written: every call is there.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let events = loop {
+        let events = all_audit_events(&api).await;
+        let counted: u64 = events
+            .iter()
+            .filter(|e| e.action == "refresh" && e.outcome == "session_ended")
+            .map(|e| e.count.max(1))
+            .sum();
+        if counted == FORGED as u64 {
+            break events;
+        }
+        assert!(
+            counted < FORGED as u64 && tokio::time::Instant::now() < deadline,
+            "{counted} forged refreshes counted, {FORGED} made"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        events.len() <= 1_000,
+        "{} audit events stored for {FORGED} forged calls",
+        events.len()
+    );
+    let counted = events.iter().find(|e| e.count > 1).unwrap();
+    // A counted event names no one (Refresh carries no client address to sample).
+    assert!(counted.user_id.is_empty() && counted.client_ip.is_empty());
+    assert!(counted.sample_client_ips.is_empty());
+    let successes: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "refresh" && e.outcome == "success")
+        .collect();
+    assert_eq!(successes.len(), 1, "a success stays an event of its own");
+    assert_eq!(successes[0].user_id, real.user_id);
+    if backend == Backend::Redis {
+        let url = tokio::task::spawn_blocking(portcullis_tests::server::shared_redis_url)
+            .await
+            .unwrap();
+        let mut redis = ::redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let bytes: u64 = ::redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(portcullis_server::keys::audit_key(&api.tenant))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        assert!(
+            bytes <= 2 << 20,
+            "the tenant's audit stream takes {bytes} bytes"
+        );
+    }
+}
+
 /// An address of the benchmarking range no other test uses, so tests sharing a store do not
 /// share its throttles.
 fn fresh_ip() -> String {
@@ -1103,6 +1203,7 @@ async fn one_address_holds_only_its_share_of_hashing(backend: Backend) {
 }
 
 portcullis_tests::on_every_store!(
+    forged_calls_are_counted_not_stored_one_by_one,
     one_source_is_throttled_as_one,
     a_refused_login_charges_no_throttle,
     one_address_holds_only_its_share_of_hashing,

@@ -178,6 +178,8 @@ impl Fixture {
             username_hash: "kh".into(),
             trace_id: "trace".into(),
             latency_ms: 1,
+            count: 1,
+            sample_client_ips: Vec::new(),
         }
     }
 

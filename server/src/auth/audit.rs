@@ -46,6 +46,8 @@ impl PendingAudit {
                 username_hash: String::new(),
                 trace_id: ctx.trace_id.clone(),
                 latency_ms: 0,
+                count: 1,
+                sample_client_ips: Vec::new(),
             },
             outcome: None,
         }
@@ -118,7 +120,29 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
     }
 }
 
-/// Writes `event` to the log, as structured fields under target `audit`, and counts it.
+/// Whether `event` proves nothing about any account: a failure a caller without a valid
+/// credential can repeat at will (an unknown user, a forged or ended token, a refusal before
+/// any check such as a throttle or a lock). Such events are counted rather than stored one by
+/// one. A success, a reuse of a real refresh token, and a failure about a real account that
+/// the lockout bounds (a wrong password for an existing user) each stay an event of its own,
+/// as do lock events and admin calls.
+pub fn proves_nothing(event: &AuditEvent) -> bool {
+    if event.outcome == "success"
+        || event.outcome == "reused"
+        || event.action == "account.lock"
+        || event.action.starts_with("admin.")
+    {
+        return false;
+    }
+    let refused_before_any_check = matches!(
+        event.outcome.as_str(),
+        "locked" | "throttled" | "overloaded" | "invalid_argument"
+    );
+    event.user_id.is_none() || refused_before_any_check
+}
+
+/// Writes `event` to the log, as structured fields under target `audit`, and counts it (a
+/// counted event as the calls it stands for).
 pub fn log(event: &AuditEvent) {
     // Both are words from fixed sets chosen by the code, so the label space stays bounded.
     metrics::counter!(
@@ -126,7 +150,7 @@ pub fn log(event: &AuditEvent) {
         "action" => event.action.clone(),
         "outcome" => event.outcome.clone()
     )
-    .increment(1);
+    .increment(event.count);
     tracing::info!(
         target: "audit",
         action = %event.action,
@@ -138,6 +162,8 @@ pub fn log(event: &AuditEvent) {
         trace_id = %event.trace_id,
         latency_ms = event.latency_ms,
         time_unix_ms = event.time_unix_ms,
+        count = event.count,
+        sample_client_ips = ?event.sample_client_ips,
         "audit"
     );
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::audit::{self, CallContext, PendingAudit};
+use super::audit_counting::{AuditCounter, CountingLimits};
 use super::client_ip::InFlightByNetwork;
 use super::error::AuthError;
 use super::model::{AuditEvent, LockoutSettings, ReplaceOutcome, UserRecord, VersionedUser};
@@ -22,6 +23,7 @@ use super::tokens::ReloadingKeyRing;
 use super::username::{lookup_name, normalise_username};
 use crate::clock::unix_time;
 use crate::keys::{self, hex};
+use crate::periodic::{OutageMessages, run_every};
 use crate::ratelimit::Limiter;
 use crate::ratelimit::policy::Limit;
 use crate::ratelimit::store::RateLimitStore;
@@ -52,6 +54,8 @@ pub struct AuthSettings {
     pub login_limits: LoginLimits,
     /// Audit events older than this are dropped from the store.
     pub audit_retention_days: u32,
+    /// How audit events that prove nothing are counted instead of stored one by one.
+    pub audit_counting: CountingLimits,
     /// Keys the username hash used as lockout subject and in audit events, so neither reveals
     /// usernames nor can be precomputed from a list of them. `None`: the store's shared
     /// `username-hash` secret, fetched on first use, so every replica hashes alike.
@@ -87,6 +91,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("tenant_policies", &self.tenant_policies)
             .field("login_limits", &self.login_limits)
             .field("audit_retention_days", &self.audit_retention_days)
+            .field("audit_counting", &self.audit_counting)
             .field("subject_key", &"<redacted>")
             .finish()
     }
@@ -144,6 +149,8 @@ pub struct Authenticator<S> {
     pub(super) revocations: RevocationCache,
     /// The rate limiter the login throttles run on (the same store's counters).
     pub(super) throttle: Option<Arc<Limiter<S>>>,
+    /// Audit events that prove nothing, being counted.
+    pub(super) counted_audit: AuditCounter,
     /// Logins in flight per client network, for [`LoginLimits::hashing_per_ip`].
     pub(super) hashing_by_ip: InFlightByNetwork,
     /// The username-hash key in force (see [`AuthSettings::subject_key`]).
@@ -188,6 +195,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             revocations: RevocationCache::default(),
             throttle: None,
             hashing_by_ip: InFlightByNetwork::default(),
+            counted_audit: AuditCounter::new(settings.audit_counting),
             subject_key: tokio::sync::OnceCell::new_with(settings.subject_key.clone()),
             settings,
         }
@@ -256,7 +264,21 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
 
     /// Writes a finished event to the log and to the tenant's stream. A store failure is
     /// logged, not returned: the call's own outcome stands, and the log line keeps the event.
+    ///
+    /// An event that proves nothing about any account (a failure any caller can repeat at
+    /// will) is counted instead: the first of its kind in a window is written, the rest as one
+    /// event with a count when the window ends (see `audit_counting`).
     pub async fn record(&self, event: AuditEvent) {
+        if audit::proves_nothing(&event) {
+            for counted in self.counted_audit.add(event) {
+                self.write_audit(counted).await;
+            }
+        } else {
+            self.write_audit(event).await;
+        }
+    }
+
+    async fn write_audit(&self, event: AuditEvent) {
         audit::log(&event);
         if !audit::has_stream(&event) {
             return;
@@ -267,6 +289,30 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             .await
         {
             tracing::warn!(error = %e, action = %event.action, "audit event not stored");
+        }
+    }
+
+    /// Writes the counted events of windows that have ended, every `every` until `stop`, then
+    /// whatever is still being counted.
+    pub async fn write_counted_audit_every(
+        self: Arc<Self>,
+        every: Duration,
+        stop: impl Future<Output = ()>,
+    ) {
+        let messages = OutageMessages {
+            failing: "counted audit events could not be written",
+            recovered: "counted audit events written again",
+        };
+        run_every(every, every, stop, messages, || async {
+            let now_ms = u64::try_from(unix_time().as_millis()).unwrap_or(u64::MAX);
+            for event in self.counted_audit.due(now_ms) {
+                self.write_audit(event).await;
+            }
+            Ok::<(), std::convert::Infallible>(())
+        })
+        .await;
+        for event in self.counted_audit.drain() {
+            self.write_audit(event).await;
         }
     }
 

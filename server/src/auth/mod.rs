@@ -3,6 +3,7 @@
 //! nor Redis.
 
 pub mod audit;
+pub mod audit_counting;
 pub mod authenticator;
 pub mod client_ip;
 pub mod error;

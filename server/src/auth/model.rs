@@ -234,6 +234,22 @@ pub struct AuditEvent {
     pub trace_id: String,
     /// How long the call took.
     pub latency_ms: u64,
+    /// How many calls the event stands for: 1, or, for failures that prove nothing about any
+    /// account (see `audit::proves_nothing`), the calls of one window counted together.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub count: u64,
+    /// For a counted event: some of the callers' client addresses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sample_client_ips: Vec<String>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if takes a reference
+fn is_one(count: &u64) -> bool {
+    *count == 1
 }
 
 #[cfg(test)]
@@ -283,6 +299,8 @@ mod tests {
             username_hash: "h".into(),
             trace_id: "tr".into(),
             latency_ms: 3,
+            count: 1,
+            sample_client_ips: Vec::new(),
         };
         let json = serde_json::to_string(&e).unwrap_or_default();
         assert!(!json.contains("\"id\""));

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::settings::{ACCESS_TOKEN_TTL, JWT_AUDIENCE, JWT_ISSUER, JWT_KEY_SET};
 use super::{ConfigError, EnvSource, duration_setting, duration_value, invalid, pick_or_default};
+use crate::auth::audit_counting::CountingLimits;
 use crate::auth::model::LockoutSettings;
 use crate::auth::password::{Argon2Params, DEFAULT_QUEUE_TIMEOUT, PasswordPolicy, default_permits};
 use crate::auth::tokens::{ENV_SECRET, KeyRing};
@@ -66,6 +67,9 @@ pub(super) struct AuthSection {
     #[serde(default)]
     tenant_password_policy: HashMap<String, PasswordPolicy>,
     audit_retention_days: Option<u32>,
+    audit_count_window: Option<String>,
+    audit_count_per_tenant: Option<u32>,
+    audit_count_total: Option<u32>,
     login_limit_per_ip: Option<String>,
     login_limit_per_ip_all_tenants: Option<String>,
     login_limit_per_tenant: Option<String>,
@@ -250,6 +254,35 @@ impl AuthConfig {
             DEFAULT_QUEUE_TIMEOUT,
         )?;
 
+        let counting = CountingLimits::default();
+        let audit_counting = CountingLimits {
+            window: file_duration(
+                file.audit_count_window,
+                "audit_count_window",
+                counting.window,
+            )?,
+            per_tenant: file.audit_count_per_tenant.unwrap_or(counting.per_tenant),
+            total: file.audit_count_total.unwrap_or(counting.total),
+        };
+        if audit_counting.window < Duration::from_secs(1) {
+            return Err(invalid(
+                "config file: auth.audit_count_window",
+                "must be at least 1s",
+            ));
+        }
+        // A counted series stores two events (its first and its count).
+        for (key, cap) in [
+            ("audit_count_per_tenant", audit_counting.per_tenant),
+            ("audit_count_total", audit_counting.total),
+        ] {
+            if cap < 2 {
+                return Err(invalid(
+                    format!("config file: auth.{key}"),
+                    "must be at least 2",
+                ));
+            }
+        }
+
         let revocation_poll = file_duration(
             file.revocation_poll,
             "revocation_poll",
@@ -292,6 +325,7 @@ impl AuthConfig {
                     hashing_per_ip,
                 },
                 audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
+                audit_counting,
                 // The store's shared `username-hash` secret, so every replica hashes alike.
                 subject_key: None,
             },

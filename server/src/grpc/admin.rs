@@ -136,6 +136,8 @@ fn audit_message(e: AuditEvent) -> pb::AuditEvent {
         username_hash: e.username_hash,
         trace_id: e.trace_id,
         latency: Some(to_proto_duration(Duration::from_millis(e.latency_ms))),
+        count: e.count,
+        sample_client_ips: e.sample_client_ips,
     }
 }
 

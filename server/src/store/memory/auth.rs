@@ -18,6 +18,12 @@ use crate::auth::store::{
 };
 use crate::clock::{Clock, millis};
 
+/// Events the memory store keeps per tenant; past it the oldest go first. The store is for one
+/// replica and a test bench, not a year of audit, and its memory must stay bounded whatever
+/// callers do (the counting of failures that prove nothing bounds the rate at which strangers
+/// add events; this bounds what even a busy real tenant can hold).
+const AUDIT_EVENTS_PER_TENANT: usize = 100_000;
+
 /// Whether a presented refresh hash is the stored one, compared in constant time so the time
 /// taken says nothing about how much of it matched.
 fn same_hash(stored: &str, presented: &str) -> bool {
@@ -585,7 +591,9 @@ impl AuthStore for MemoryStore {
         let mut stored = event.clone();
         stored.id.clone_from(&id);
         let log = state.audit.entry(event.tenant_id.clone()).or_default();
-        while log.front().is_some_and(|(_, at, _)| *at < keep_from) {
+        while log.front().is_some_and(|(_, at, _)| *at < keep_from)
+            || log.len() >= AUDIT_EVENTS_PER_TENANT
+        {
             log.pop_front();
         }
         log.push_back((seq, now_ms, stored));
