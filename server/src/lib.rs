@@ -88,7 +88,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
     Ok(match &config.store {
         StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::new());
+            let store = Arc::new(MemoryStore::with_caps(config.memory_key_caps));
             store.spawn_sweeper(MEMORY_SWEEP_EVERY);
             AnyStore::Memory(store)
         }

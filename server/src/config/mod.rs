@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use crate::ratelimit::LimiterSettings;
 use crate::ratelimit::envoy_config::EnvoyConfig;
 use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
+use crate::store::memory::KeyCaps;
 use crate::store::redis::RedisSecurity;
 use crate::telemetry::logs::LogFormat;
 use limits::ResolvedLimits;
@@ -61,6 +62,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Counter store.
     pub store: StoreConfig,
+    /// How many keys the memory store may hold, per tenant and in all.
+    pub memory_key_caps: KeyCaps,
     /// Redis connect and response timeout (the limiter's own timeout is shorter).
     pub redis_io_timeout: Duration,
     /// Redis ACL user, password and TLS material.
@@ -263,6 +266,7 @@ impl Config {
             log_format,
             listen,
             store: store.store,
+            memory_key_caps: store.memory_key_caps,
             redis_io_timeout: store.io_timeout,
             redis_security: store.security,
             default_limit: limits.default_limit,

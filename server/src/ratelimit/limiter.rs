@@ -132,6 +132,9 @@ pub enum DenyReason {
     CostExceedsBurst,
     /// The store did not answer and the fail mode is closed.
     StoreUnavailable,
+    /// The store holds as many keys as the tenant (or in all) may, this key is new, and the
+    /// fail mode is closed.
+    KeyLimit,
 }
 
 /// The answer to a `Check`.
@@ -410,7 +413,29 @@ impl<S: RateLimitStore> Limiter<S> {
             cost,
             enforced: true,
         }];
+        let degraded = |reason: DenyReason, error: RateLimitError| {
+            let allowed = match self.settings.check_fail_mode {
+                FailMode::Open => true,
+                FailMode::Closed => false,
+                FailMode::Unavailable => return Err(error),
+            };
+            let nothing_known = KeyOutcome {
+                verdict: Verdict::Allowed,
+                remaining: 0,
+                reset_after_us: 0,
+            };
+            Ok(CheckDecision {
+                allowed,
+                deny_reason: (!allowed).then_some(reason),
+                degraded: true,
+                ..decision(nothing_known, unix_time().as_micros() as u64)
+            })
+        };
         match self.decide(&batch).await {
+            Ok(outcome) if outcome.key_limited => {
+                count_decision(CHECK, "key_limit");
+                degraded(DenyReason::KeyLimit, key_limit_error())
+            }
             Ok(outcome) => {
                 self.remember_denials(&batch, &outcome, sent_at);
                 let [key_outcome] = outcome.keys[..] else {
@@ -428,22 +453,7 @@ impl<S: RateLimitStore> Limiter<S> {
             }
             Err(e) => {
                 count_decision(CHECK, self.settings.check_fail_mode.outcome());
-                let allowed = match self.settings.check_fail_mode {
-                    FailMode::Open => true,
-                    FailMode::Closed => false,
-                    FailMode::Unavailable => return Err(e),
-                };
-                let nothing_known = KeyOutcome {
-                    verdict: Verdict::Allowed,
-                    remaining: 0,
-                    reset_after_us: 0,
-                };
-                Ok(CheckDecision {
-                    allowed,
-                    deny_reason: (!allowed).then_some(DenyReason::StoreUnavailable),
-                    degraded: true,
-                    ..decision(nothing_known, unix_time().as_micros() as u64)
-                })
+                degraded(DenyReason::StoreUnavailable, e)
             }
         }
     }
@@ -481,6 +491,9 @@ impl<S: RateLimitStore> Limiter<S> {
             })
             .collect();
         let outcome = self.decide(&batch).await?;
+        if outcome.key_limited {
+            return Err(key_limit_error());
+        }
         self.remember_denials(&batch, &outcome, sent_at);
         if outcome.committed {
             return Ok(None);
@@ -555,6 +568,13 @@ impl<S: RateLimitStore> Limiter<S> {
             }
         }
     }
+}
+
+/// The error a key-limited decision stands for where the fail mode says to report it.
+pub(super) fn key_limit_error() -> RateLimitError {
+    RateLimitError::StoreUnavailable(StoreError::transient(
+        "the store holds as many keys as this tenant or domain may; new keys wait for old ones to expire",
+    ))
 }
 
 /// Validates the (tenant, resource) a request or an admin call addresses.

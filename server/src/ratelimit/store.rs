@@ -30,6 +30,10 @@ pub struct BatchOutcome {
     /// One outcome per request, in order. When not committed, allowed limits report the
     /// state before the request (nothing was taken).
     pub keys: Vec<KeyOutcome>,
+    /// True when the store refused to hold a new key of the batch (its owner, or the store,
+    /// holds as many live keys as it may): nothing was decided or taken, the per-key outcomes
+    /// mean nothing, and the caller's fail mode decides. Only the memory store has such caps.
+    pub key_limited: bool,
 }
 
 /// A store failure. `transient` says whether retrying later may succeed.

@@ -13,7 +13,8 @@ pub const RPC_REQUESTS: &str = "portcullis_rpc_requests_total";
 /// gRPC call latency by `method`, seconds.
 pub const RPC_DURATION: &str = "portcullis_rpc_duration_seconds";
 /// Rate-limit decisions by `api` (`check`, `envoy`) and `outcome` (`allowed`, `denied`,
-/// `denied_cached`, `fail_open`, `fail_closed`, `unavailable`).
+/// `denied_cached`, `fail_open`, `fail_closed`, `unavailable`, `key_limit`: a new key the
+/// memory store's key caps refused, decided by the fail mode).
 pub const RATELIMIT_DECISIONS: &str = "portcullis_ratelimit_decisions_total";
 /// Store calls by `op` (the store method), seconds.
 pub const STORE_DURATION: &str = "portcullis_store_duration_seconds";

@@ -109,6 +109,7 @@ impl RedisStore {
                 .into_iter()
                 .map(|k| k.unwrap_or(DENIED_UNKNOWN))
                 .collect(),
+            key_limited: false,
         })
     }
 
@@ -219,6 +220,7 @@ fn parse_decisions(
             now_us,
             committed,
             keys,
+            key_limited: false,
         });
         at += 1 + 4 * n;
     }
