@@ -248,7 +248,7 @@ impl<S: RateLimitStore> Limiter<S> {
         }
         let keys = batch
             .iter()
-            .map(|r| cache.lookup(&r.key, r.cost, now).map(KeyOutcome::from))
+            .map(|r| cache.lookup(r, now).map(KeyOutcome::from))
             .collect::<Option<Vec<_>>>()?;
         Some(BatchOutcome {
             now_us: unix_time().as_micros() as u64,

@@ -398,21 +398,21 @@ impl<S: RateLimitStore> Limiter<S> {
             CheckDecision::from_outcome(policy, resource, outcome, now_unix_us)
         };
 
-        let sent_at = Instant::now();
-        let cached = self
-            .deny_cache
-            .as_ref()
-            .and_then(|c| c.lookup(&key, cost, sent_at));
-        if let Some(hit) = cached {
-            count_decision(CHECK, "denied_cached");
-            return Ok(decision(hit.into(), unix_time().as_micros() as u64));
-        }
         let batch = [LimitRequest {
             key,
             gcra: policy.limit.gcra(),
             cost,
             enforced: true,
         }];
+        let sent_at = Instant::now();
+        let cached = self
+            .deny_cache
+            .as_ref()
+            .and_then(|c| c.lookup(&batch[0], sent_at));
+        if let Some(hit) = cached {
+            count_decision(CHECK, "denied_cached");
+            return Ok(decision(hit.into(), unix_time().as_micros() as u64));
+        }
         let degraded = |reason: DenyReason, error: RateLimitError| {
             let allowed = match self.settings.check_fail_mode {
                 FailMode::Open => true,
@@ -467,17 +467,6 @@ impl<S: RateLimitStore> Limiter<S> {
         &self,
         limits: &[(String, Limit)],
     ) -> Result<Option<Duration>, RateLimitError> {
-        let sent_at = Instant::now();
-        if let Some(cache) = &self.deny_cache {
-            let cached = limits
-                .iter()
-                .filter_map(|(key, _)| cache.lookup(key, 1, sent_at))
-                .map(|hit| hit.retry_after)
-                .max();
-            if cached.is_some() {
-                return Ok(cached);
-            }
-        }
         if limits.is_empty() {
             return Ok(None);
         }
@@ -490,6 +479,17 @@ impl<S: RateLimitStore> Limiter<S> {
                 enforced: true,
             })
             .collect();
+        let sent_at = Instant::now();
+        if let Some(cache) = &self.deny_cache {
+            let cached = batch
+                .iter()
+                .filter_map(|req| cache.lookup(req, sent_at))
+                .map(|hit| hit.retry_after)
+                .max();
+            if cached.is_some() {
+                return Ok(cached);
+            }
+        }
         let outcome = self.decide(&batch).await?;
         if outcome.key_limited {
             return Err(key_limit_error());
@@ -521,16 +521,7 @@ impl<S: RateLimitStore> Limiter<S> {
             return;
         };
         for (req, k) in batch.iter().zip(&outcome.keys) {
-            if let Verdict::Denied { retry_after_us } = k.verdict {
-                cache.remember(
-                    &req.key,
-                    req.cost,
-                    sent_at,
-                    Duration::from_micros(retry_after_us),
-                    Duration::from_micros(k.reset_after_us),
-                    k.remaining,
-                );
-            }
+            cache.remember(req, sent_at, k);
         }
     }
 

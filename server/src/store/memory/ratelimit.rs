@@ -48,6 +48,17 @@ type Tats = HashMap<Box<str>, u64, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 struct Shard(Mutex<Tats>);
 
+/// A key a batch touches: where it lives and its TAT as the batch goes.
+struct Touched<'a> {
+    key: &'a str,
+    /// Index into the batch's shard guards.
+    shard: usize,
+    /// `None` while the store holds no TAT for the key.
+    tat: Option<u64>,
+    /// A clamp was applied: the TAT is stored even if the batch does not commit.
+    clamped: bool,
+}
+
 /// How many keys the memory store may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyCaps {
@@ -204,30 +215,48 @@ impl MemoryStore {
             new_keys.push(key);
         }
         let now = self.clock.now_us();
-        // A key named twice in one batch must see its own pending update.
-        let mut pending: Vec<(&str, u64)> = Vec::new();
+        // The keys this batch touches, each once, with its TAT as the batch goes: a key named
+        // twice sees its own pending update. As in the Lua script, a clamp (see gcra.rs) stands
+        // whatever the batch decides, and takes are undone in reverse when it does not commit.
+        let mut touched: Vec<Touched<'_>> = Vec::new();
+        let mut undo: Vec<(usize, Option<u64>)> = Vec::new();
         let mut steps = Vec::with_capacity(batch.len());
         let mut committed = true;
         for (req, &g) in batch.iter().zip(&shard_ids) {
-            let stored = pending
-                .iter()
-                .rev()
-                .find(|(k, _)| *k == req.key)
-                .map(|(_, tat)| *tat)
-                .or_else(|| guards[g].get(req.key.as_str()).copied());
-            let step = gcra::step(req.gcra, stored, now, req.cost);
+            let t = match touched.iter().position(|t| t.key == req.key) {
+                Some(t) => t,
+                None => {
+                    let tat = guards[g].get(req.key.as_str()).copied();
+                    touched.push(Touched {
+                        key: &req.key,
+                        shard: g,
+                        tat,
+                        clamped: false,
+                    });
+                    touched.len() - 1
+                }
+            };
+            let step = gcra::step(req.gcra, touched[t].tat, now, req.cost);
+            if let Some(tat) = step.clamped_tat_us {
+                touched[t].tat = Some(tat);
+                touched[t].clamped = true;
+            }
             if let Some(tat) = step.new_tat_us {
-                pending.push((&req.key, tat));
+                undo.push((t, touched[t].tat));
+                touched[t].tat = Some(tat);
             } else if req.enforced {
                 committed = false;
             }
             steps.push(step);
         }
-        if committed {
-            for ((req, &g), step) in batch.iter().zip(&shard_ids).zip(&steps) {
-                if let Some(tat) = step.new_tat_us {
-                    guards[g].insert(req.key.as_str().into(), tat);
-                }
+        if !committed {
+            for (t, tat) in undo.into_iter().rev() {
+                touched[t].tat = tat;
+            }
+        }
+        for t in touched {
+            if let (true, Some(tat)) = (committed || t.clamped, t.tat) {
+                guards[t.shard].insert(t.key.into(), tat);
             }
         }
         // New keys that were not created after all (a denial, or a shadow limit over) give
