@@ -345,6 +345,111 @@ async fn envoy_a_descriptor_limit_does_not_outlast_itself(backend: Backend) {
     );
 }
 
+/// An admin can forget a tenant's counters, of one key or of a whole resource, and the call
+/// is audited; other resources and tenants keep theirs.
+async fn reset_counters_forgets_one_key_or_a_resource(backend: Backend) {
+    let s = TestServer::start(backend, &[]).await;
+    let tenant = unique("reset");
+    let other = unique("reset-other");
+    for t in [&tenant, &other] {
+        s.client.set_tenant_limit(t, "", 1, HOUR, 0).await.unwrap();
+    }
+    // Glob characters in a key must not widen a reset.
+    let spent = [
+        (&tenant, "search", "a"),
+        (&tenant, "search", "b*"),
+        (&tenant, "search", ""),
+        (&tenant, "searches", "a"),
+        (&tenant, "upload", "a"),
+        (&other, "search", "a"),
+    ];
+    let allowed = |t: &str, r: &str, k: &str| {
+        let c = s.client.clone();
+        let (t, r, k) = (t.to_owned(), r.to_owned(), k.to_owned());
+        async move { c.check(&t, &r, &k, 1).await.unwrap().allowed }
+    };
+    for (t, r, k) in spent {
+        assert!(allowed(t, r, k).await);
+        assert!(!allowed(t, r, k).await, "{r}/{k} is spent");
+    }
+
+    assert_eq!(
+        s.client
+            .reset_counters(&tenant, "search", "b*")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        allowed(&tenant, "search", "b*").await,
+        "the key starts afresh"
+    );
+    assert!(
+        !allowed(&tenant, "search", "a").await,
+        "a sibling key keeps its count"
+    );
+
+    // The whole resource: "a", "b*" (spent again above) and the keyless counter.
+    assert_eq!(
+        s.client
+            .reset_counters(&tenant, "search", "")
+            .await
+            .unwrap(),
+        3
+    );
+    for k in ["a", "b*", ""] {
+        assert!(
+            allowed(&tenant, "search", k).await,
+            "search/{k} starts afresh"
+        );
+    }
+    for (t, r, k) in [
+        (&tenant, "searches", "a"),
+        (&tenant, "upload", "a"),
+        (&other, "search", "a"),
+    ] {
+        assert!(!allowed(t, r, k).await, "{t} {r}/{k} keeps its count");
+    }
+    assert_eq!(
+        s.client
+            .reset_counters(&tenant, "nothing", "")
+            .await
+            .unwrap(),
+        0
+    );
+
+    let bad = status_of(s.client.reset_counters("", "search", "").await.unwrap_err());
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad.get_details_bad_request().unwrap().field_violations[0].field,
+        "tenant_id"
+    );
+
+    let mut admin = s.client.admin();
+    let mut request = tonic::Request::new(pb::ListAuditEventsRequest {
+        tenant_id: tenant.clone(),
+        limit: 100,
+        after_id: String::new(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", portcullis_tests::server::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    let events = admin
+        .list_audit_events(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let resets = events
+        .iter()
+        .filter(|e| e.action == "admin.reset_counters" && e.outcome == "success")
+        .count();
+    assert_eq!(resets, 3, "every reset is audited: {events:?}");
+}
+
 async fn admin_needs_the_token(backend: Backend) {
     let s = TestServer::start(backend, &[]).await;
     let anonymous = portcullis_client::PortcullisClient::connect(format!("http://{}", s.addr))
@@ -606,6 +711,7 @@ portcullis_tests::on_every_store!(
     headers_describe_the_decision,
     runtime_limits_set_get_delete,
     a_changed_limit_decides_at_once,
+    reset_counters_forgets_one_key_or_a_resource,
     admin_needs_the_token,
     envoy_descriptors_are_all_or_nothing,
     envoy_shadow_unlimited_unknown_and_blocked,

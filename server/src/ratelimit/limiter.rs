@@ -386,6 +386,30 @@ impl<S: RateLimitStore> Limiter<S> {
         Ok(deleted)
     }
 
+    /// Forgets the counters of (tenant, resource): of one key, or with an empty `key` of every
+    /// key and the shared counter. They start again from a full burst. Returns how many
+    /// counters were forgotten.
+    pub async fn reset_counters(
+        &self,
+        tenant: &str,
+        resource: &str,
+        key: &str,
+    ) -> Result<u64, RateLimitError> {
+        validate_target(tenant, resource)?;
+        keys::validate_id("key", key, false)?;
+        let counter = keys::check_key(tenant, normalise_resource(resource), key);
+        // Not under the decision timeout: a resource with many keys takes several steps.
+        let forgotten = self
+            .store
+            .reset_counters(&counter, key.is_empty())
+            .await
+            .map_err(RateLimitError::StoreUnavailable)?;
+        if let Some(cache) = &self.deny_cache {
+            cache.clear();
+        }
+        Ok(forgotten)
+    }
+
     /// Decides a `Check`.
     pub async fn check(&self, input: CheckInput<'_>) -> Result<CheckDecision, RateLimitError> {
         validate_target(input.tenant, input.resource)?;

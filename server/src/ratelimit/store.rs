@@ -100,6 +100,16 @@ pub trait RateLimitStore: Send + Sync + 'static {
         known_version: Option<u64>,
     ) -> impl Future<Output = Result<Option<OverrideSnapshot>, StoreError>> + Send;
 
+    /// Forgets the counter `key` and, with `with_children`, every counter whose key begins
+    /// with `key:` (the keys of one resource); returns how many were forgotten. Counters that
+    /// are gone start again from a full burst. Redis replicas clear their deny caches within
+    /// a policy refresh.
+    fn reset_counters(
+        &self,
+        key: &str,
+        with_children: bool,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// True when the store is across the network, where a local cache of denials saves
     /// round trips (in memory it would only duplicate the counters).
     fn is_remote(&self) -> bool;

@@ -165,6 +165,37 @@ impl Counters {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 
+    /// Forgets `key` and, with `with_children`, every key under `key:`; returns how many.
+    fn reset(&self, key: &str, with_children: bool) -> u64 {
+        let mut forgotten = 0;
+        let mut forget = |tats: &mut Tats, k: &str| {
+            if tats.remove(k).is_some() {
+                self.key_count.give_back(key_owner(k));
+                forgotten += 1;
+            }
+        };
+        if !with_children {
+            forget(&mut self.shards[self.shard_of(key)].0.lock(), key);
+            return forgotten;
+        }
+        for shard in self.shards.iter() {
+            let mut tats = shard.0.lock();
+            let children: Vec<Box<str>> = tats
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix(key)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
+                .cloned()
+                .collect();
+            forget(&mut tats, key);
+            for child in children {
+                forget(&mut tats, &child);
+            }
+        }
+        forgotten
+    }
+
     /// Removes keys whose TAT has passed: they decide exactly as absent keys do.
     pub(super) fn sweep(&self, clock: &dyn Clock) {
         for shard in self.shards.iter() {
@@ -336,6 +367,10 @@ impl RateLimitStore for MemoryStore {
                 })
                 .collect(),
         }))
+    }
+
+    async fn reset_counters(&self, key: &str, with_children: bool) -> Result<u64, StoreError> {
+        Ok(self.counters.reset(key, with_children))
     }
 
     fn is_remote(&self) -> bool {
