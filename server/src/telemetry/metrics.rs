@@ -35,6 +35,8 @@ pub const AUTH_EVENTS: &str = "portcullis_auth_events_total";
 pub const JWT_KEYS: &str = "portcullis_jwt_keys";
 /// TLS handshakes on the gRPC port by `outcome` (`ok`, `failed`, `timeout`).
 pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+/// Connections closed on accept because `transport.max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "portcullis_connections_refused_total";
 /// Certificate reloads by `outcome` (`ok`, `failed`: the previous certificate stays).
 pub const TLS_RELOADS: &str = "portcullis_tls_reloads_total";
 
@@ -80,6 +82,10 @@ fn describe() {
     metrics::describe_counter!(AUTH_EVENTS, "Audit events by action and outcome");
     metrics::describe_gauge!(JWT_KEYS, "JWT keys in force (1) or removed (0)");
     metrics::describe_counter!(TLS_HANDSHAKES, "TLS handshakes on the gRPC port by outcome");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "connections closed on accept because the connection limit was reached"
+    );
     metrics::describe_counter!(TLS_RELOADS, "Certificate reloads by outcome");
 }
 

@@ -32,9 +32,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text page (0 when absent). `labels`
-/// is the exact label set as rendered, e.g. `api="check",outcome="allowed"`.
+/// is the exact label set as rendered, e.g. `api="check",outcome="allowed"`, or empty for a
+/// sample without labels.
 pub fn sample(page: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
+    let prefix = if labels.is_empty() {
+        format!("{name} ")
+    } else {
+        format!("{name}{{{labels}}} ")
+    };
     page.lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .and_then(|v| v.trim().parse().ok())

@@ -1,5 +1,6 @@
 //! Test harness: starts redis-server (single or Cluster) and portcullis processes on free loopback ports, and stops them even when a test panics or the test process dies.
 
+pub mod h2;
 mod http;
 mod portcullis;
 mod process;
