@@ -111,6 +111,7 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
         AuthError::PasswordReused => "password_reused",
         AuthError::InvalidToken(_) | AuthError::WrongRefreshSecret => "invalid_token",
         AuthError::InsufficientScope => "insufficient_scope",
+        AuthError::InsufficientRole => "insufficient_role",
         AuthError::SessionEnded => "session_ended",
         AuthError::RefreshTokenReused => "reused",
         AuthError::UsernameTaken => "username_taken",

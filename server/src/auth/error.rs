@@ -62,6 +62,9 @@ pub enum AuthError {
     /// The token's scope does not allow the call.
     #[error("the token's scope does not allow this call")]
     InsufficientScope,
+    /// The token lacks a role the caller demanded.
+    #[error("the token lacks a required role")]
+    InsufficientRole,
     /// The session was revoked or has expired.
     #[error("session ended")]
     SessionEnded,

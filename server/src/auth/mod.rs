@@ -12,6 +12,7 @@ pub mod model;
 pub mod password;
 pub mod sessions;
 pub mod store;
+pub mod token_demands;
 pub mod tokens;
 pub mod username;
 pub mod users;
@@ -20,3 +21,4 @@ pub use self::authenticator::{AuthSettings, Authenticator, LoginLimits, NewUser}
 pub use self::error::AuthError;
 pub use self::login::LoginInput;
 pub use self::sessions::{API_SCOPE, PASSWORD_CHANGE_SCOPE, Tokens};
+pub use self::token_demands::TokenDemands;

@@ -16,6 +16,7 @@ use super::error::AuthError;
 use super::model::{EndOutcome, OpenOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
 use super::store::{AuthStore, REVOCATIONS_BATCH};
+use super::token_demands::TokenDemands;
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
 use crate::keys::{self, hex};
 use crate::periodic::{OutageMessages, run_every};
@@ -58,6 +59,19 @@ impl std::fmt::Debug for Tokens {
 
 fn sha256_hex(text: &str) -> String {
     hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Counts a verification by its outcome.
+fn record_verification<T>(verified: &Result<T, AuthError>) {
+    let outcome = match verified {
+        Ok(_) => "valid",
+        Err(AuthError::InvalidToken(problem)) => problem.reason(),
+        Err(AuthError::SessionEnded) => "revoked",
+        Err(AuthError::InsufficientScope) => "insufficient_scope",
+        Err(AuthError::InsufficientRole) => "insufficient_role",
+        Err(_) => "error",
+    };
+    metrics::counter!(TOKEN_VERIFICATIONS, "outcome" => outcome).increment(1);
 }
 
 /// The session a logout ends, and what shows the caller may end it.
@@ -189,24 +203,26 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
 
     /// Verifies an access token: signature, lifetime, issuer, audience, type, the expected
     /// tenant when given, and that its session was not revoked (as of the last feed poll).
+    /// Any scope will do: the calls of the core that take a token check the scope they need.
     pub fn verify(&self, token: &str, tenant: Option<&str>) -> Result<AccessClaims, AuthError> {
-        self.verify_keyed(token, tenant).map(|(claims, _)| claims)
+        let verified = self.verify_unrecorded(token, tenant);
+        record_verification(&verified);
+        verified.map(|(claims, _)| claims)
     }
 
-    /// [`verify`](Self::verify), also returning the kid of the key that verified the token.
-    pub fn verify_keyed(
+    /// [`verify`](Self::verify) for a service that asks whether to let the token's user in:
+    /// the token must also meet `demands` (and a first-login token is refused unless its
+    /// scope is demanded). Returns the claims and the kid of the key that verified the token.
+    pub fn verify_demanding(
         &self,
         token: &str,
         tenant: Option<&str>,
+        demands: &TokenDemands<'_>,
     ) -> Result<(AccessClaims, String), AuthError> {
-        let verified = self.verify_unrecorded(token, tenant);
-        let outcome = match &verified {
-            Ok(_) => "valid",
-            Err(AuthError::InvalidToken(problem)) => problem.reason(),
-            Err(AuthError::SessionEnded) => "revoked",
-            Err(_) => "error",
-        };
-        metrics::counter!(TOKEN_VERIFICATIONS, "outcome" => outcome).increment(1);
+        let verified = self
+            .verify_unrecorded(token, tenant)
+            .and_then(|(claims, kid)| demands.check(&claims).map(|()| (claims, kid)));
+        record_verification(&verified);
         verified
     }
 

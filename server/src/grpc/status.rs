@@ -136,6 +136,14 @@ impl From<AuthError> for Status {
                 none(),
                 None,
             ),
+            // Not retryable with this token.
+            AuthError::InsufficientRole => with_reason(
+                Code::PermissionDenied,
+                message,
+                "INSUFFICIENT_ROLE",
+                none(),
+                None,
+            ),
             // Not retryable.
             AuthError::UsernameTaken => Status::already_exists(message),
             AuthError::NotFound => Status::not_found(message),
