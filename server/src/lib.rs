@@ -112,10 +112,13 @@ const COUNTED_AUDIT_CHECK: Duration = Duration::from_secs(1);
 /// How often histogram buckets are folded for rendering (the exporter's upkeep).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-/// Retries the store every `every` until it answers, then marks the replica ready.
+/// Retries the store every `every` until it answers and watches for the revocation feed to
+/// be read (by its poller), then marks the replica ready, on `/readyz` and gRPC health.
 async fn wait_for_store(
     limiter: Arc<Limiter<AnyStore>>,
+    auth: Arc<Authenticator<AnyStore>>,
     readiness: Arc<Readiness>,
+    health: HealthReporter,
     every: Duration,
     stop: impl Future<Output = ()>,
 ) {
@@ -125,10 +128,38 @@ async fn wait_for_store(
             () = &mut stop => return,
             () = tokio::time::sleep(every) => {}
         }
-        if limiter.refresh_policies().await.is_ok() {
+        if !readiness.has_store_answered() && limiter.refresh_policies().await.is_ok() {
             readiness.store_answered();
-            tracing::info!("store answered; ready");
+            tracing::info!("store answered");
         }
+        if auth.revocations_loaded() {
+            readiness.revocations_loaded();
+        }
+        if readiness.is_ready() {
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!("store answered and revocation feed read; ready");
+        }
+    }
+}
+
+/// Reads the revocation feed once before serving, for at most `patience`, so a replica on a
+/// reachable store verifies tokens from its first call; otherwise its poller keeps trying and
+/// the replica is not ready until it succeeds.
+async fn load_revocations_before_serving(
+    auth: &Authenticator<AnyStore>,
+    readiness: &Readiness,
+    patience: Duration,
+) {
+    match tokio::time::timeout(patience, auth.load_revocations()).await {
+        Ok(Ok(())) => readiness.revocations_loaded(),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "cannot read the revocation feed; verifying no token and not ready until it is read"
+        ),
+        Err(_) => tracing::warn!(
+            "revocation feed not read within {patience:?}; verifying no token and not ready \
+             until it is read"
+        ),
     }
 }
 
@@ -242,11 +273,21 @@ async fn serve(
         limiter.store().clone(),
         limiter.clone(),
     )?);
+    load_revocations_before_serving(&auth, readiness, config.redis_io_timeout).await;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let initial_health = if readiness.is_ready() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    set_health(&health, initial_health).await;
 
     let background = [
         tokio::spawn(wait_for_store(
             limiter.clone(),
+            auth.clone(),
             readiness.clone(),
+            health.clone(),
             config.policy_refresh,
             stopped(stop_background),
         )),
@@ -283,8 +324,6 @@ async fn serve(
         ),
     ];
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
     let reflection_sets = [
         portcullis_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,

@@ -113,6 +113,7 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
         AuthError::InsufficientScope => "insufficient_scope",
         AuthError::InsufficientRole => "insufficient_role",
         AuthError::SessionEnded => "session_ended",
+        AuthError::RevocationsNotLoaded { .. } => "revocations_not_loaded",
         AuthError::RefreshTokenReused => "reused",
         AuthError::UsernameTaken => "username_taken",
         AuthError::NotFound => "not_found",

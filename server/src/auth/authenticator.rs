@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
@@ -132,6 +133,10 @@ pub(super) struct RevocationCache {
     pub(super) revoked: DashMap<String, (String, u64)>,
     /// Where the next poll of the feed continues.
     pub(super) cursor: tokio::sync::Mutex<Option<String>>,
+    /// The feed has been read to its end once, from its oldest entry. Until then a session
+    /// revoked through another replica (or before this one started) is unknown here, so no
+    /// token is verified.
+    pub(super) loaded: AtomicBool,
 }
 
 /// The authentication core.

@@ -3,6 +3,7 @@
 //! password changes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -29,6 +30,9 @@ pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
 pub const API_SCOPE: &str = "api";
 /// Clock leeway for `exp`/`nbf`: the most the tokens module honours.
 const LEEWAY: Duration = Duration::from_secs(60);
+/// The retry hint of a verification refused before the revocation feed was read: about a
+/// poll or two of the feed.
+const UNLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Tokens handed out by a login or a refresh.
 pub struct Tokens {
@@ -67,6 +71,7 @@ fn record_verification<T>(verified: &Result<T, AuthError>) {
         Ok(_) => "valid",
         Err(AuthError::InvalidToken(problem)) => problem.reason(),
         Err(AuthError::SessionEnded) => "revoked",
+        Err(AuthError::RevocationsNotLoaded { .. }) => "revocations_not_loaded",
         Err(AuthError::InsufficientScope) => "insufficient_scope",
         Err(AuthError::InsufficientRole) => "insufficient_role",
         Err(_) => "error",
@@ -246,6 +251,13 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         if tenant.is_some_and(|t| t != claims.tid) {
             return Err(AuthError::InvalidToken(TokenError::WrongAudience));
         }
+        // A bad token is refused for what it is; a good one waits for the feed, which alone
+        // can say whether its session was revoked before this replica started.
+        if !self.revocations.loaded.load(Ordering::Acquire) {
+            return Err(AuthError::RevocationsNotLoaded {
+                retry_after: UNLOADED_RETRY_AFTER,
+            });
+        }
         let revoked = self
             .revocations
             .revoked
@@ -257,8 +269,11 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         Ok((claims, key.kid().to_owned()))
     }
 
-    /// Reads new revocations from the store's feed; every replica calls this often (the
-    /// interval bounds how long a revoked session's access tokens keep verifying elsewhere).
+    /// Reads new revocations from the store's feed, one batch; every replica calls this often
+    /// (the interval bounds how long a revoked session's access tokens keep verifying
+    /// elsewhere). The first poll starts at the feed's oldest entry, which the store keeps far
+    /// longer than an access token lives; the first batch that is not full marks the feed
+    /// loaded, and only then are tokens verified.
     pub async fn poll_revocations(&self) -> Result<usize, AuthError> {
         let mut cursor = self.revocations.cursor.lock().await;
         let (revoked, next) = self.store.revocations_since(cursor.as_deref()).await?;
@@ -273,7 +288,22 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         self.revocations
             .revoked
             .retain(|_, (_, until)| *until > now);
+        if count < REVOCATIONS_BATCH {
+            self.revocations.loaded.store(true, Ordering::Release);
+        }
         Ok(count)
+    }
+
+    /// Reads the revocation feed up to its end, a batch at a time.
+    pub async fn load_revocations(&self) -> Result<(), AuthError> {
+        while self.poll_revocations().await? >= REVOCATIONS_BATCH {}
+        Ok(())
+    }
+
+    /// Whether the revocation feed has been read to its end once (tokens are verified only
+    /// then; a replica is not ready before).
+    pub fn revocations_loaded(&self) -> bool {
+        self.revocations.loaded.load(Ordering::Acquire)
     }
 
     /// Polls the revocation feed every `every` until `stop` resolves, draining full batches
@@ -288,9 +318,8 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
                       replicas may verify here until it recovers",
             recovered: "revocation feed reachable again",
         };
-        run_every(Duration::ZERO, every, stop, messages, || async {
-            while self.poll_revocations().await? >= REVOCATIONS_BATCH {}
-            Ok::<(), AuthError>(())
+        run_every(Duration::ZERO, every, stop, messages, || {
+            self.load_revocations()
         })
         .await;
     }

@@ -120,6 +120,15 @@ impl From<AuthError> for Status {
                 [("problem".to_owned(), "REFRESH_TOKEN_MISMATCH".to_owned())].into(),
                 None,
             ),
+            // Retryable, on another replica at once or here after the hint: this replica has
+            // not read the revocation feed yet.
+            AuthError::RevocationsNotLoaded { retry_after } => with_reason(
+                Code::Unavailable,
+                message,
+                "REVOCATIONS_NOT_LOADED",
+                none(),
+                Some(retry_after),
+            ),
             // Not retryable: the session is over; log in again.
             AuthError::SessionEnded | AuthError::RefreshTokenReused => with_reason(
                 Code::Unauthenticated,
