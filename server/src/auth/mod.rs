@@ -20,5 +20,5 @@ pub mod users;
 pub use self::authenticator::{AuthSettings, Authenticator, LoginLimits, NewUser};
 pub use self::error::AuthError;
 pub use self::login::LoginInput;
-pub use self::sessions::{API_SCOPE, PASSWORD_CHANGE_SCOPE, Tokens};
-pub use self::token_demands::TokenDemands;
+pub use self::sessions::Tokens;
+pub use self::token_demands::{API_SCOPE, PASSWORD_CHANGE_SCOPE, TokenDemands};

@@ -17,17 +17,13 @@ use super::error::AuthError;
 use super::model::{EndOutcome, OpenOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
 use super::store::{AuthStore, REVOCATIONS_BATCH};
-use super::token_demands::TokenDemands;
+use super::token_demands::{API_SCOPE, PASSWORD_CHANGE_SCOPE, TokenDemands};
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
 use crate::keys::{self, hex};
 use crate::periodic::{OutageMessages, run_every};
 use crate::ratelimit::store::RateLimitStore;
 use crate::telemetry::metrics::TOKEN_VERIFICATIONS;
 
-/// The only scope of a token issued while the password must be changed.
-pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
-/// The scope of an ordinary access token.
-pub const API_SCOPE: &str = "api";
 /// Clock leeway for `exp`/`nbf`: the most the tokens module honours.
 const LEEWAY: Duration = Duration::from_secs(60);
 /// The retry hint of a verification refused before the revocation feed was read: about a

@@ -1,10 +1,14 @@
-//! What a service verifying an access token demands of it: scopes and roles checked in the
-//! same call, and a first-login token refused unless its one scope is asked for.
+//! The scopes access tokens carry, and what a service verifying one demands of it: scopes and
+//! roles checked in the same call, a first-login token refused unless its scope is asked for.
 
 use super::error::AuthError;
-use super::sessions::PASSWORD_CHANGE_SCOPE;
 use super::tokens::AccessClaims;
 use crate::keys;
+
+/// The only scope of a token issued while the password must be changed.
+pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
+/// The scope of an ordinary access token.
+pub const API_SCOPE: &str = "api";
 
 /// Most scopes, and most roles, one verification may demand: a service names the few its
 /// call needs; more is a broken caller, not a bigger question.
