@@ -22,7 +22,6 @@ use std::time::Duration;
 use portcullis_proto::{envoy, pb};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -31,7 +30,8 @@ use crate::auth::Authenticator;
 use crate::auth::password::{HasherConfigError, PasswordHasher};
 use crate::auth::tokens::{KeyRing, KeyRingError, ReloadingKeyRing};
 use crate::config::{Config, KeySource, StoreConfig};
-use crate::grpc::admin::{AdminApi, AdminAuth};
+use crate::grpc::admin::AdminApi;
+use crate::grpc::admin_guard::{AdminAuth, AdminGuard};
 use crate::grpc::auth::AuthApi;
 use crate::grpc::envoy::EnvoyApi;
 use crate::grpc::ratelimit::RateLimitApi;
@@ -335,13 +335,13 @@ async fn serve(
         reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
     }
 
-    let admin_auth = AdminAuth::new(config.admin_token.as_ref());
-    let admin = InterceptedService::new(
+    let admin = AdminGuard::new(
         pb::admin_service_server::AdminServiceServer::new(AdminApi {
             limiter: limiter.clone(),
             auth: auth.clone(),
         }),
-        move |r| admin_auth.check(r),
+        AdminAuth::new(config.admin_token.as_ref()),
+        auth.clone(),
     );
     // TCP_NODELAY is set where connections are accepted (tls::accept): tonic's own setting
     // only applies to listeners it binds itself.

@@ -65,6 +65,7 @@ fn settings(lockout: LockoutSettings, reveal_lockout: bool) -> AuthSettings {
         },
         audit_retention_days: 1,
         audit_counting: Default::default(),
+        admin_failure_limit: Limit::new(10, Duration::from_secs(60), 10).unwrap(),
         subject_key: Some(Zeroizing::new([9u8; 32])),
     }
 }

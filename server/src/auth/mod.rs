@@ -2,6 +2,8 @@
 //! users in over the auth store, user administration and the audit trail. Knows neither tonic
 //! nor Redis.
 
+pub mod admin_failures;
+pub mod admin_guard;
 pub mod audit;
 pub mod audit_counting;
 pub mod authenticator;
