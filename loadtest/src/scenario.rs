@@ -443,7 +443,7 @@ impl Workload {
                     key: None,
                     body: Body::Verify(pb::VerifyTokenRequest {
                         access_token,
-                        tenant_id: String::new(),
+                        ..Default::default()
                     }),
                 }
             }

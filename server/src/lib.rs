@@ -23,7 +23,6 @@ use std::time::Duration;
 use portcullis_proto::{envoy, pb};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
-use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -31,7 +30,8 @@ use crate::auth::Authenticator;
 use crate::auth::password::{HasherConfigError, PasswordHasher};
 use crate::auth::tokens::{KeyRing, KeyRingError, ReloadingKeyRing};
 use crate::config::{Config, KeySource, StoreConfig};
-use crate::grpc::admin::{AdminApi, AdminAuth};
+use crate::grpc::admin::AdminApi;
+use crate::grpc::admin_guard::{AdminAuth, AdminGuard};
 use crate::grpc::auth::AuthApi;
 use crate::grpc::envoy::EnvoyApi;
 use crate::grpc::ratelimit::RateLimitApi;
@@ -112,10 +112,13 @@ const COUNTED_AUDIT_CHECK: Duration = Duration::from_secs(1);
 /// How often histogram buckets are folded for rendering (the exporter's upkeep).
 const METRICS_UPKEEP: Duration = Duration::from_secs(5);
 
-/// Retries the store every `every` until it answers, then marks the replica ready.
+/// Retries the store every `every` until it answers and watches for the revocation feed to
+/// be read (by its poller), then marks the replica ready, on `/readyz` and gRPC health.
 async fn wait_for_store(
     limiter: Arc<Limiter<AnyStore>>,
+    auth: Arc<Authenticator<AnyStore>>,
     readiness: Arc<Readiness>,
+    health: HealthReporter,
     every: Duration,
     stop: impl Future<Output = ()>,
 ) {
@@ -125,10 +128,38 @@ async fn wait_for_store(
             () = &mut stop => return,
             () = tokio::time::sleep(every) => {}
         }
-        if limiter.refresh_policies().await.is_ok() {
+        if !readiness.has_store_answered() && limiter.refresh_policies().await.is_ok() {
             readiness.store_answered();
-            tracing::info!("store answered; ready");
+            tracing::info!("store answered");
         }
+        if auth.revocations_loaded() {
+            readiness.revocations_loaded();
+        }
+        if readiness.is_ready() {
+            set_health(&health, ServingStatus::Serving).await;
+            tracing::info!("store answered and revocation feed read; ready");
+        }
+    }
+}
+
+/// Reads the revocation feed once before serving, for at most `patience`, so a replica on a
+/// reachable store verifies tokens from its first call; otherwise its poller keeps trying and
+/// the replica is not ready until it succeeds.
+async fn load_revocations_before_serving(
+    auth: &Authenticator<AnyStore>,
+    readiness: &Readiness,
+    patience: Duration,
+) {
+    match tokio::time::timeout(patience, auth.load_revocations()).await {
+        Ok(Ok(())) => readiness.revocations_loaded(),
+        Ok(Err(e)) => tracing::warn!(
+            error = %e,
+            "cannot read the revocation feed; verifying no token and not ready until it is read"
+        ),
+        Err(_) => tracing::warn!(
+            "revocation feed not read within {patience:?}; verifying no token and not ready \
+             until it is read"
+        ),
     }
 }
 
@@ -242,11 +273,21 @@ async fn serve(
         limiter.store().clone(),
         limiter.clone(),
     )?);
+    load_revocations_before_serving(&auth, readiness, config.redis_io_timeout).await;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let initial_health = if readiness.is_ready() {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    set_health(&health, initial_health).await;
 
     let background = [
         tokio::spawn(wait_for_store(
             limiter.clone(),
+            auth.clone(),
             readiness.clone(),
+            health.clone(),
             config.policy_refresh,
             stopped(stop_background),
         )),
@@ -283,8 +324,6 @@ async fn serve(
         ),
     ];
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::Serving).await;
     let reflection_sets = [
         portcullis_proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
@@ -296,13 +335,13 @@ async fn serve(
         reflection_v1alpha = reflection_v1alpha.register_encoded_file_descriptor_set(set);
     }
 
-    let admin_auth = AdminAuth::new(config.admin_token.as_ref());
-    let admin = InterceptedService::new(
+    let admin = AdminGuard::new(
         pb::admin_service_server::AdminServiceServer::new(AdminApi {
             limiter: limiter.clone(),
             auth: auth.clone(),
         }),
-        move |r| admin_auth.check(r),
+        AdminAuth::new(config.admin_token.as_ref()),
+        auth.clone(),
     );
     // TCP_NODELAY is set where connections are accepted (transport::accept): tonic's own
     // setting only applies to listeners it binds itself.

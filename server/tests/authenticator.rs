@@ -65,6 +65,7 @@ fn settings(lockout: LockoutSettings, reveal_lockout: bool) -> AuthSettings {
         },
         audit_retention_days: 1,
         audit_counting: Default::default(),
+        admin_failure_limit: Limit::new(10, Duration::from_secs(60), 10).unwrap(),
         subject_key: Some(Zeroizing::new([9u8; 32])),
     }
 }
@@ -111,6 +112,15 @@ async fn login_then_verify_refresh_and_logout() {
     let u = user(&a, false).await;
     let t = login(&a, GOOD).await.unwrap();
     assert!(!t.password_change_required);
+    assert!(
+        matches!(
+            a.verify(&t.access_token, Some("acme")),
+            Err(AuthError::RevocationsNotLoaded { .. })
+        ),
+        "no token verifies before the revocation feed was read"
+    );
+    a.load_revocations().await.unwrap();
+    assert!(a.revocations_loaded());
     let claims = a.verify(&t.access_token, Some("acme")).unwrap();
     assert_eq!(
         (claims.sub.as_str(), claims.sid.as_str()),
@@ -225,6 +235,7 @@ async fn parallel_guesses_evaluate_at_most_the_lockout_limit() {
 #[tokio::test]
 async fn first_login_must_change_the_password() {
     let a = authenticator(LockoutSettings::default(), false);
+    a.load_revocations().await.unwrap();
     user(&a, true).await;
     let t = login(&a, GOOD).await.unwrap();
     assert!(t.password_change_required);
@@ -336,6 +347,7 @@ async fn an_overloaded_hasher_refuses_without_counting_an_attempt() {
 #[tokio::test]
 async fn wrong_current_passwords_count_towards_the_lockout() {
     let a = authenticator(LockoutSettings::default(), true);
+    a.load_revocations().await.unwrap();
     user(&a, false).await;
     let t = login(&a, GOOD).await.unwrap();
     for _ in 0..5 {

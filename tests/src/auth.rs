@@ -140,6 +140,24 @@ impl AuthApi {
         let request = pb::VerifyTokenRequest {
             access_token: access_token.to_owned(),
             tenant_id: tenant_id.to_owned(),
+            ..Default::default()
+        };
+        Ok(self.auth().verify_token(request).await?.into_inner())
+    }
+
+    /// Verifies an access token that must carry every one of `scopes` and `roles`.
+    pub async fn verify_demanding(
+        &self,
+        access_token: &str,
+        scopes: &[&str],
+        roles: &[&str],
+    ) -> Result<pb::VerifyTokenResponse, Status> {
+        let strings = |items: &[&str]| items.iter().map(|s| s.to_string()).collect();
+        let request = pb::VerifyTokenRequest {
+            access_token: access_token.to_owned(),
+            required_scopes: strings(scopes),
+            required_roles: strings(roles),
+            ..Default::default()
         };
         Ok(self.auth().verify_token(request).await?.into_inner())
     }

@@ -26,6 +26,8 @@ const GOOD: &str = "Vq7#mLx2!pRz9w";
 const OTHER: &str = "Kd4$hTy8@nBc3e";
 /// A wrong guess.
 const WRONG: &str = "Wrong-Guess-42!x";
+/// The only scope of a first-login token.
+const PASSWORD_CHANGE: &str = "password:change";
 /// The roles of every test user.
 const READER: &[&str] = &["reader"];
 /// How long a revocation may take to reach VerifyToken (polled revocation feed, 1 s promised).
@@ -573,8 +575,23 @@ async fn first_login_must_change_the_password(backend: Backend) {
     assert!(user.must_change_password, "unset means true");
     let first = api.login("erin", GOOD).await.unwrap();
     assert!(first.password_change_required);
-    let claims = api.verify(&first.access_token).await.unwrap();
-    assert_eq!(claims.scopes, ["password:change"]);
+    // A service that checks only the status must not let the user in before the change.
+    refused(
+        api.verify(&first.access_token).await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_SCOPE",
+    );
+    refused(
+        api.verify_demanding(&first.access_token, &["api"], &[])
+            .await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_SCOPE",
+    );
+    let claims = api
+        .verify_demanding(&first.access_token, &[PASSWORD_CHANGE], &[])
+        .await
+        .expect("the password-change page asks for the scope and gets it");
+    assert_eq!(claims.scopes, [PASSWORD_CHANGE]);
     let other = api.login("erin", GOOD).await.unwrap();
 
     let weak = invalid_field(
@@ -598,7 +615,7 @@ async fn first_login_must_change_the_password(backend: Backend) {
         .unwrap();
     assert_eq!(changed.revoked_sessions, 1);
     api.expect_session_ended(&other.access_token).await;
-    api.verify(&first.access_token)
+    api.verify_demanding(&first.access_token, &[PASSWORD_CHANGE], &[])
         .await
         .expect("the caller's own session stays");
 
@@ -618,6 +635,61 @@ async fn first_login_must_change_the_password(backend: Backend) {
             .await
             .unwrap()
             .must_change_password
+    );
+}
+
+/// A service demands the scopes and roles its call needs in the VerifyToken call itself.
+async fn verify_token_demands_scopes_and_roles(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("fern", GOOD, &["reader", "writer"], Some(false))
+        .await;
+    let token = api.login("fern", GOOD).await.unwrap().access_token;
+    let claims = api
+        .verify_demanding(&token, &["api"], &["writer", "reader"])
+        .await
+        .unwrap();
+    assert_eq!(claims.roles, ["reader", "writer"]);
+    refused(
+        api.verify_demanding(&token, &["api", "billing:write"], &[])
+            .await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_SCOPE",
+    );
+    refused(
+        api.verify_demanding(&token, &[PASSWORD_CHANGE], &[]).await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_SCOPE",
+    );
+    refused(
+        api.verify_demanding(&token, &[], &["reader", "admin"])
+            .await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_ROLE",
+    );
+
+    invalid_field(
+        api.verify_demanding(&token, &["api", ""], &[]).await,
+        "required_scopes[1]",
+    );
+    let long = "r".repeat(257);
+    invalid_field(
+        api.verify_demanding(&token, &[], &[&long]).await,
+        "required_roles[0]",
+    );
+    let many = vec!["reader"; 33];
+    invalid_field(
+        api.verify_demanding(&token, &[], &many).await,
+        "required_roles",
+    );
+    invalid_field(
+        api.verify_demanding(&token, &["a\nb"], &[]).await,
+        "required_scopes[0]",
+    );
+    // A demand does not make a bad token good, nor hide why it is bad.
+    refused(
+        api.verify_demanding("not.a.token", &["api"], &[]).await,
+        Code::Unauthenticated,
+        "INVALID_TOKEN",
     );
 }
 
@@ -1216,6 +1288,7 @@ portcullis_tests::on_every_store!(
     failures_look_alike_then_lock_until_unlocked,
     concurrent_guesses_evaluate_only_the_lockout_limit,
     first_login_must_change_the_password,
+    verify_token_demands_scopes_and_roles,
     forged_and_broken_tokens_are_refused,
     jwks_never_publishes_the_hs256_secret,
     admin_create_user_validates,

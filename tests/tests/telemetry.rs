@@ -39,7 +39,7 @@ async fn metrics_count_calls_decisions_and_verifications_with_fixed_labels() {
     let bad = auth
         .verify_token(pb::VerifyTokenRequest {
             access_token: "not.a.token".into(),
-            tenant_id: String::new(),
+            ..Default::default()
         })
         .await;
     assert_eq!(bad.unwrap_err().code(), tonic::Code::Unauthenticated);

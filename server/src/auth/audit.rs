@@ -9,6 +9,13 @@ use crate::clock::unix_time;
 use crate::keys;
 use crate::telemetry::metrics::AUTH_EVENTS;
 
+/// The audit stream of events that concern the platform rather than one tenant (failed admin
+/// authentication); `ListAuditEvents` reads it under this tenant id, which no tenant should use.
+pub const PLATFORM_TENANT: &str = "_platform";
+
+/// The audit action of an admin call refused for its token.
+pub const ADMIN_AUTH_ACTION: &str = "admin.authenticate";
+
 /// Who is calling, as far as the transport knows: for the audit log only.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
@@ -111,7 +118,9 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
         AuthError::PasswordReused => "password_reused",
         AuthError::InvalidToken(_) | AuthError::WrongRefreshSecret => "invalid_token",
         AuthError::InsufficientScope => "insufficient_scope",
+        AuthError::InsufficientRole => "insufficient_role",
         AuthError::SessionEnded => "session_ended",
+        AuthError::RevocationsNotLoaded { .. } => "revocations_not_loaded",
         AuthError::RefreshTokenReused => "reused",
         AuthError::UsernameTaken => "username_taken",
         AuthError::NotFound => "not_found",
@@ -125,8 +134,12 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
 /// any check such as a throttle or a lock). Such events are counted rather than stored one by
 /// one. A success, a reuse of a real refresh token, and a failure about a real account that
 /// the lockout bounds (a wrong password for an existing user) each stay an event of its own,
-/// as do lock events and admin calls.
+/// as do lock events and admin calls (but not admin calls refused for their token).
 pub fn proves_nothing(event: &AuditEvent) -> bool {
+    // An admin call refused for its token: anyone who can reach the port can repeat it.
+    if event.action == ADMIN_AUTH_ACTION {
+        return event.outcome != "success";
+    }
     if event.outcome == "success"
         || event.outcome == "reused"
         || event.action == "account.lock"

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use base64::Engine;
@@ -12,6 +13,7 @@ use dashmap::DashMap;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
+use super::admin_failures::AdminFailures;
 use super::audit::{self, CallContext, PendingAudit};
 use super::audit_counting::{AuditCounter, CountingLimits};
 use super::client_ip::InFlightByNetwork;
@@ -54,8 +56,12 @@ pub struct AuthSettings {
     pub login_limits: LoginLimits,
     /// Audit events older than this are dropped from the store.
     pub audit_retention_days: u32,
-    /// How audit events that prove nothing are counted instead of stored one by one.
+    /// How audit events that prove nothing are counted instead of stored one by one (and how
+    /// long failed admin authentications are tallied before the log gives their count).
     pub audit_counting: CountingLimits,
+    /// Failed admin authentications per peer address (IPv6: per /64), across replicas, before
+    /// its further admin calls are refused without comparing their token.
+    pub admin_failure_limit: Limit,
     /// Keys the username hash used as lockout subject and in audit events, so neither reveals
     /// usernames nor can be precomputed from a list of them. `None`: the store's shared
     /// `username-hash` secret, fetched on first use, so every replica hashes alike.
@@ -92,6 +98,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("login_limits", &self.login_limits)
             .field("audit_retention_days", &self.audit_retention_days)
             .field("audit_counting", &self.audit_counting)
+            .field("admin_failure_limit", &self.admin_failure_limit)
             .field("subject_key", &"<redacted>")
             .finish()
     }
@@ -132,6 +139,10 @@ pub(super) struct RevocationCache {
     pub(super) revoked: DashMap<String, (String, u64)>,
     /// Where the next poll of the feed continues.
     pub(super) cursor: tokio::sync::Mutex<Option<String>>,
+    /// The feed has been read to its end once, from its oldest entry. Until then a session
+    /// revoked through another replica (or before this one started) is unknown here, so no
+    /// token is verified.
+    pub(super) loaded: AtomicBool,
 }
 
 /// The authentication core.
@@ -153,6 +164,9 @@ pub struct Authenticator<S> {
     pub(super) counted_audit: AuditCounter,
     /// Logins in flight per client network, for [`LoginLimits::hashing_per_ip`].
     pub(super) hashing_by_ip: InFlightByNetwork,
+    /// Peers refused without comparing after failed admin authentications, and the log's
+    /// tally of them.
+    pub(super) admin_failures: AdminFailures,
     /// The username-hash key in force (see [`AuthSettings::subject_key`]).
     subject_key: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
 }
@@ -196,6 +210,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             throttle: None,
             hashing_by_ip: InFlightByNetwork::default(),
             counted_audit: AuditCounter::new(settings.audit_counting),
+            admin_failures: AdminFailures::new(settings.audit_counting.window),
             subject_key: tokio::sync::OnceCell::new_with(settings.subject_key.clone()),
             settings,
         }
@@ -292,8 +307,8 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         }
     }
 
-    /// Writes the counted events of windows that have ended, every `every` until `stop`, then
-    /// whatever is still being counted.
+    /// Writes the counted events of windows that have ended (and logs the tallies of failed
+    /// admin authentications), every `every` until `stop`, then whatever is still counted.
     pub async fn write_counted_audit_every(
         self: Arc<Self>,
         every: Duration,
@@ -308,12 +323,14 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             for event in self.counted_audit.due(now_ms) {
                 self.write_audit(event).await;
             }
+            self.admin_failures.log_due(now_ms);
             Ok::<(), std::convert::Infallible>(())
         })
         .await;
         for event in self.counted_audit.drain() {
             self.write_audit(event).await;
         }
+        self.admin_failures.log_all();
     }
 
     /// Runs `call` as the audited action `action` of `tenant`.

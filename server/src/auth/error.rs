@@ -62,6 +62,16 @@ pub enum AuthError {
     /// The token's scope does not allow the call.
     #[error("the token's scope does not allow this call")]
     InsufficientScope,
+    /// The token lacks a role the caller demanded.
+    #[error("the token lacks a required role")]
+    InsufficientRole,
+    /// This replica has not yet read the revocation feed, so it cannot tell whether the
+    /// token's session was revoked; another replica (or this one shortly) can.
+    #[error("revocations not loaded yet; retry")]
+    RevocationsNotLoaded {
+        /// A hint for the retry.
+        retry_after: Duration,
+    },
     /// The session was revoked or has expired.
     #[error("session ended")]
     SessionEnded,

@@ -2,6 +2,8 @@
 //! users in over the auth store, user administration and the audit trail. Knows neither tonic
 //! nor Redis.
 
+pub mod admin_failures;
+pub mod admin_guard;
 pub mod audit;
 pub mod audit_counting;
 pub mod authenticator;
@@ -12,6 +14,7 @@ pub mod model;
 pub mod password;
 pub mod sessions;
 pub mod store;
+pub mod token_demands;
 pub mod tokens;
 pub mod username;
 pub mod users;
@@ -19,4 +22,5 @@ pub mod users;
 pub use self::authenticator::{AuthSettings, Authenticator, LoginLimits, NewUser};
 pub use self::error::AuthError;
 pub use self::login::LoginInput;
-pub use self::sessions::{API_SCOPE, PASSWORD_CHANGE_SCOPE, Tokens};
+pub use self::sessions::Tokens;
+pub use self::token_demands::{API_SCOPE, PASSWORD_CHANGE_SCOPE, TokenDemands};

@@ -3,6 +3,7 @@
 //! password changes.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -16,18 +17,18 @@ use super::error::AuthError;
 use super::model::{EndOutcome, OpenOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
 use super::store::{AuthStore, REVOCATIONS_BATCH};
+use super::token_demands::{API_SCOPE, PASSWORD_CHANGE_SCOPE, TokenDemands};
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
 use crate::keys::{self, hex};
 use crate::periodic::{OutageMessages, run_every};
 use crate::ratelimit::store::RateLimitStore;
 use crate::telemetry::metrics::TOKEN_VERIFICATIONS;
 
-/// The only scope of a token issued while the password must be changed.
-pub const PASSWORD_CHANGE_SCOPE: &str = "password:change";
-/// The scope of an ordinary access token.
-pub const API_SCOPE: &str = "api";
 /// Clock leeway for `exp`/`nbf`: the most the tokens module honours.
 const LEEWAY: Duration = Duration::from_secs(60);
+/// The retry hint of a verification refused before the revocation feed was read: about a
+/// poll or two of the feed.
+const UNLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 
 /// Tokens handed out by a login or a refresh.
 pub struct Tokens {
@@ -58,6 +59,20 @@ impl std::fmt::Debug for Tokens {
 
 fn sha256_hex(text: &str) -> String {
     hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Counts a verification by its outcome.
+fn record_verification<T>(verified: &Result<T, AuthError>) {
+    let outcome = match verified {
+        Ok(_) => "valid",
+        Err(AuthError::InvalidToken(problem)) => problem.reason(),
+        Err(AuthError::SessionEnded) => "revoked",
+        Err(AuthError::RevocationsNotLoaded { .. }) => "revocations_not_loaded",
+        Err(AuthError::InsufficientScope) => "insufficient_scope",
+        Err(AuthError::InsufficientRole) => "insufficient_role",
+        Err(_) => "error",
+    };
+    metrics::counter!(TOKEN_VERIFICATIONS, "outcome" => outcome).increment(1);
 }
 
 /// The session a logout ends, and what shows the caller may end it.
@@ -189,24 +204,26 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
 
     /// Verifies an access token: signature, lifetime, issuer, audience, type, the expected
     /// tenant when given, and that its session was not revoked (as of the last feed poll).
+    /// Any scope will do: the calls of the core that take a token check the scope they need.
     pub fn verify(&self, token: &str, tenant: Option<&str>) -> Result<AccessClaims, AuthError> {
-        self.verify_keyed(token, tenant).map(|(claims, _)| claims)
+        let verified = self.verify_unrecorded(token, tenant);
+        record_verification(&verified);
+        verified.map(|(claims, _)| claims)
     }
 
-    /// [`verify`](Self::verify), also returning the kid of the key that verified the token.
-    pub fn verify_keyed(
+    /// [`verify`](Self::verify) for a service that asks whether to let the token's user in:
+    /// the token must also meet `demands` (and a first-login token is refused unless its
+    /// scope is demanded). Returns the claims and the kid of the key that verified the token.
+    pub fn verify_demanding(
         &self,
         token: &str,
         tenant: Option<&str>,
+        demands: &TokenDemands<'_>,
     ) -> Result<(AccessClaims, String), AuthError> {
-        let verified = self.verify_unrecorded(token, tenant);
-        let outcome = match &verified {
-            Ok(_) => "valid",
-            Err(AuthError::InvalidToken(problem)) => problem.reason(),
-            Err(AuthError::SessionEnded) => "revoked",
-            Err(_) => "error",
-        };
-        metrics::counter!(TOKEN_VERIFICATIONS, "outcome" => outcome).increment(1);
+        let verified = self
+            .verify_unrecorded(token, tenant)
+            .and_then(|(claims, kid)| demands.check(&claims).map(|()| (claims, kid)));
+        record_verification(&verified);
         verified
     }
 
@@ -230,6 +247,13 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         if tenant.is_some_and(|t| t != claims.tid) {
             return Err(AuthError::InvalidToken(TokenError::WrongAudience));
         }
+        // A bad token is refused for what it is; a good one waits for the feed, which alone
+        // can say whether its session was revoked before this replica started.
+        if !self.revocations.loaded.load(Ordering::Acquire) {
+            return Err(AuthError::RevocationsNotLoaded {
+                retry_after: UNLOADED_RETRY_AFTER,
+            });
+        }
         let revoked = self
             .revocations
             .revoked
@@ -241,8 +265,11 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         Ok((claims, key.kid().to_owned()))
     }
 
-    /// Reads new revocations from the store's feed; every replica calls this often (the
-    /// interval bounds how long a revoked session's access tokens keep verifying elsewhere).
+    /// Reads new revocations from the store's feed, one batch; every replica calls this often
+    /// (the interval bounds how long a revoked session's access tokens keep verifying
+    /// elsewhere). The first poll starts at the feed's oldest entry, which the store keeps far
+    /// longer than an access token lives; the first batch that is not full marks the feed
+    /// loaded, and only then are tokens verified.
     pub async fn poll_revocations(&self) -> Result<usize, AuthError> {
         let mut cursor = self.revocations.cursor.lock().await;
         let (revoked, next) = self.store.revocations_since(cursor.as_deref()).await?;
@@ -257,7 +284,22 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         self.revocations
             .revoked
             .retain(|_, (_, until)| *until > now);
+        if count < REVOCATIONS_BATCH {
+            self.revocations.loaded.store(true, Ordering::Release);
+        }
         Ok(count)
+    }
+
+    /// Reads the revocation feed up to its end, a batch at a time.
+    pub async fn load_revocations(&self) -> Result<(), AuthError> {
+        while self.poll_revocations().await? >= REVOCATIONS_BATCH {}
+        Ok(())
+    }
+
+    /// Whether the revocation feed has been read to its end once (tokens are verified only
+    /// then; a replica is not ready before).
+    pub fn revocations_loaded(&self) -> bool {
+        self.revocations.loaded.load(Ordering::Acquire)
     }
 
     /// Polls the revocation feed every `every` until `stop` resolves, draining full batches
@@ -272,9 +314,8 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
                       replicas may verify here until it recovers",
             recovered: "revocation feed reachable again",
         };
-        run_every(Duration::ZERO, every, stop, messages, || async {
-            while self.poll_revocations().await? >= REVOCATIONS_BATCH {}
-            Ok::<(), AuthError>(())
+        run_every(Duration::ZERO, every, stop, messages, || {
+            self.load_revocations()
         })
         .await;
     }

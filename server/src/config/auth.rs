@@ -73,6 +73,7 @@ pub(super) struct AuthSection {
     login_limit_per_ip: Option<String>,
     login_limit_per_ip_all_tenants: Option<String>,
     login_limit_per_tenant: Option<String>,
+    admin_failure_limit: Option<String>,
     revocation_poll: Option<String>,
     key_set_poll: Option<String>,
     #[serde(default)]
@@ -326,6 +327,11 @@ impl AuthConfig {
                 },
                 audit_retention_days: file.audit_retention_days.unwrap_or(365).max(1),
                 audit_counting,
+                admin_failure_limit: limit_setting(
+                    file.admin_failure_limit,
+                    "admin_failure_limit",
+                    "10/1m",
+                )?,
                 // The store's shared `username-hash` secret, so every replica hashes alike.
                 subject_key: None,
             },

@@ -1,11 +1,9 @@
-//! `portcullis.v1.AdminService`, behind the admin bearer token.
+//! `portcullis.v1.AdminService`, behind the admin bearer token (`admin_guard.rs`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_proto::pb;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tonic::{Request, Response, Status};
 
 use super::auth::{call_context, timestamp, timestamp_ms};
@@ -16,60 +14,9 @@ use crate::auth::model::{AuditEvent, Session};
 use crate::auth::password::Secret;
 use crate::auth::users::{UserRef, UserView};
 use crate::auth::{Authenticator, NewUser};
-use crate::config::AdminToken;
 use crate::ratelimit::policy::Limit;
 use crate::ratelimit::{Limiter, RateLimitError};
 use crate::store::AnyStore;
-
-/// Checks `authorization: Bearer <token>` in constant time. Both sides are hashed first so
-/// the comparison time does not even depend on the token's length.
-#[derive(Clone)]
-pub struct AdminAuth {
-    /// SHA-256 of the configured token; `None` when no token is configured (admin disabled).
-    expected: Option<[u8; 32]>,
-}
-
-impl std::fmt::Debug for AdminAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAuth")
-            .field("configured", &self.expected.is_some())
-            .finish()
-    }
-}
-
-impl AdminAuth {
-    /// Guards with `token`; with `None` every admin call is refused.
-    pub fn new(token: Option<&AdminToken>) -> Self {
-        Self {
-            expected: token.map(|t| Sha256::digest(t.expose().as_bytes()).into()),
-        }
-    }
-
-    /// A tonic interceptor admitting only calls that carry the token.
-    #[allow(clippy::result_large_err)] // the interceptor signature is tonic's
-    pub fn check(&self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(expected) = &self.expected else {
-            return Err(Status::unauthenticated(
-                "admin API disabled: no admin token is configured (PORTCULLIS_ADMIN_TOKEN or PORTCULLIS_ADMIN_TOKEN_FILE)",
-            ));
-        };
-        let presented = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .ok_or_else(|| Status::unauthenticated("missing admin bearer token"))?;
-        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
-        if bool::from(digest.ct_eq(expected)) {
-            Ok(request)
-        } else {
-            Err(Status::unauthenticated("invalid admin bearer token"))
-        }
-    }
-}
 
 /// Runtime limits and user administration; every call is an audit event.
 #[derive(Debug, Clone)]

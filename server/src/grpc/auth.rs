@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::to_proto_duration;
 use crate::auth::audit::CallContext;
 use crate::auth::password::Secret;
-use crate::auth::{Authenticator, LoginInput, Tokens};
+use crate::auth::{Authenticator, LoginInput, TokenDemands, Tokens};
 use crate::store::AnyStore;
 
 /// Serves logins, token verification, refresh, logout, password changes and the JWKS.
@@ -114,9 +114,10 @@ impl pb::auth_service_server::AuthService for AuthApi {
             }
             .into());
         }
-        let (claims, key_id) = self
-            .auth
-            .verify_keyed(&r.access_token, given(&r.tenant_id))?;
+        let demands = TokenDemands::new(&r.required_scopes, &r.required_roles)?;
+        let (claims, key_id) =
+            self.auth
+                .verify_demanding(&r.access_token, given(&r.tenant_id), &demands)?;
         let scopes = claims.scopes().map(str::to_owned).collect();
         Ok(Response::new(pb::VerifyTokenResponse {
             user_id: claims.sub,

@@ -1,6 +1,7 @@
 //! gRPC front: thin handlers that unpack requests, call the domain, and convert once.
 
 pub mod admin;
+pub mod admin_guard;
 pub mod auth;
 pub mod envoy;
 pub mod ratelimit;

@@ -120,6 +120,15 @@ impl From<AuthError> for Status {
                 [("problem".to_owned(), "REFRESH_TOKEN_MISMATCH".to_owned())].into(),
                 None,
             ),
+            // Retryable, on another replica at once or here after the hint: this replica has
+            // not read the revocation feed yet.
+            AuthError::RevocationsNotLoaded { retry_after } => with_reason(
+                Code::Unavailable,
+                message,
+                "REVOCATIONS_NOT_LOADED",
+                none(),
+                Some(retry_after),
+            ),
             // Not retryable: the session is over; log in again.
             AuthError::SessionEnded | AuthError::RefreshTokenReused => with_reason(
                 Code::Unauthenticated,
@@ -133,6 +142,14 @@ impl From<AuthError> for Status {
                 Code::PermissionDenied,
                 message,
                 "INSUFFICIENT_SCOPE",
+                none(),
+                None,
+            ),
+            // Not retryable with this token.
+            AuthError::InsufficientRole => with_reason(
+                Code::PermissionDenied,
+                message,
+                "INSUFFICIENT_ROLE",
                 none(),
                 None,
             ),

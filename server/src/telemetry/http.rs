@@ -17,6 +17,9 @@ use super::metrics::handle;
 pub struct Readiness {
     /// The store has answered at least once (a fresh replica waits for Redis).
     store_answered: AtomicBool,
+    /// The revocation feed has been read once: before that a fresh replica would accept
+    /// tokens of sessions revoked before it started, so it verifies none and takes no traffic.
+    revocations_loaded: AtomicBool,
     /// Shutdown has begun: the load balancer should stop sending calls.
     draining: AtomicBool,
 }
@@ -27,14 +30,27 @@ impl Readiness {
         self.store_answered.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the store has answered yet.
+    pub fn has_store_answered(&self) -> bool {
+        self.store_answered.load(Ordering::Relaxed)
+    }
+
+    /// Records that the revocation feed has been read.
+    pub fn revocations_loaded(&self) {
+        self.revocations_loaded.store(true, Ordering::Relaxed);
+    }
+
     /// Records that shutdown has begun.
     pub fn draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
 
-    /// Ready: the store has answered and shutdown has not begun.
+    /// Ready: the store has answered, the revocation feed has been read, and shutdown has
+    /// not begun.
     pub fn is_ready(&self) -> bool {
-        self.store_answered.load(Ordering::Relaxed) && !self.draining.load(Ordering::Relaxed)
+        self.store_answered.load(Ordering::Relaxed)
+            && self.revocations_loaded.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
     }
 }
 

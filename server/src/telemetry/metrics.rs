@@ -26,8 +26,9 @@ pub const ARGON2_QUEUE_DEPTH: &str = "portcullis_argon2_queue_depth";
 pub const ARGON2_REJECTIONS: &str = "portcullis_argon2_rejections_total";
 /// Accounts locked by failed logins.
 pub const LOCKOUTS: &str = "portcullis_lockouts_total";
-/// Access-token verifications by `outcome` (`valid`, `revoked`, or the token problem, e.g.
-/// `TOKEN_EXPIRED`, `TOKEN_BAD_SIGNATURE`: the `problem` of the INVALID_TOKEN error).
+/// Access-token verifications by `outcome` (`valid`, `revoked`, `insufficient_scope`,
+/// `insufficient_role`, or the token problem, e.g. `TOKEN_EXPIRED`, `TOKEN_BAD_SIGNATURE`:
+/// the `problem` of the INVALID_TOKEN error).
 pub const TOKEN_VERIFICATIONS: &str = "portcullis_token_verifications_total";
 /// Audit events by `action` and `outcome` (logins, refreshes, admin calls, …).
 pub const AUTH_EVENTS: &str = "portcullis_auth_events_total";
