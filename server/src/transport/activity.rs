@@ -97,7 +97,10 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.registry.connections.remove(&self.key);
+        // Only our own entry: a new connection on the same addresses may have replaced it.
+        self.registry
+            .connections
+            .remove_if(&self.key, |_, activity| Arc::ptr_eq(activity, &self.activity));
     }
 }
 
