@@ -329,7 +329,8 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
     ) {
         let messages = OutageMessages {
             failing: "cannot read the revocation feed; sessions revoked through other \
-                      replicas may verify here until it recovers",
+                      replicas may verify here until it recovers (until it is first read, no \
+                      token verifies here)",
             recovered: "revocation feed reachable again",
         };
         run_every(Duration::ZERO, every, stop, messages, || {
