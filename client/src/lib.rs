@@ -267,6 +267,28 @@ impl PortcullisClient {
         Ok(response.deleted)
     }
 
+    /// Forgets the counters of `resource` of `tenant` (of one `key`, or with an empty `key` of
+    /// every key); returns how many were forgotten.
+    pub async fn reset_counters(
+        &self,
+        tenant: &str,
+        resource: &str,
+        key: &str,
+    ) -> Result<u64, ClientError> {
+        let request = pb::ResetCountersRequest {
+            tenant_id: tenant.to_owned(),
+            resource: resource.to_owned(),
+            key: key.to_owned(),
+        };
+        let mut client = self.admin();
+        let response = self
+            .call(self.admin_request(request), |r| async move {
+                client.reset_counters(r).await
+            })
+            .await?;
+        Ok(response.counters_reset)
+    }
+
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         // Tells the server the deadline too, so it can give up in step with us.

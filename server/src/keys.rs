@@ -113,6 +113,27 @@ pub fn global_throttle_key(kind: &str, id: &str) -> String {
     out
 }
 
+/// The share of the keyspace a counter key counts against in the memory store's key caps: its
+/// tenant for `Check` and tenant-throttle keys (`rl:{t}`, `rlt:{t}`), its domain for Envoy keys
+/// (`rle:{domain`), one share for every throttle across tenants (`rlg:`). A slice of `key`, so
+/// finding it costs no allocation.
+pub fn key_owner(key: &str) -> &str {
+    if key.starts_with("rlg:") {
+        return "rlg:";
+    }
+    let Some(open) = key.find('{') else {
+        return key;
+    };
+    let close = key[open..].find('}').map_or(key.len(), |i| open + i);
+    if key.starts_with("rle:") {
+        // The tag is `domain/first entry`; a domain holds no raw '/' (it is escaped).
+        if let Some(slash) = key[open..close].find('/') {
+            return &key[..open + slash];
+        }
+    }
+    &key[..close]
+}
+
 /// An authentication key: `auth:{tenant}:kind:id`, with tenant and id escaped like counter
 /// keys, so one tenant's auth keys share a Cluster slot (multi-key scripts stay legal) and no
 /// id can reach another tenant's keys. `kind` is a fixed word chosen by the store.
@@ -226,6 +247,25 @@ mod tests {
             global_throttle_key("login", "t"),
             throttle_key("t", "login", "")
         );
+    }
+
+    #[test]
+    fn owners_are_tenants_and_envoy_domains() {
+        assert_eq!(key_owner(&check_key("acme", "search", "u1")), "rl:{acme");
+        assert_eq!(key_owner(&check_key("a}:{b", "r", "")), "rl:{a%7D%3A%7Bb");
+        assert_eq!(key_owner(&throttle_key("acme", "login", "")), "rlt:{acme");
+        assert_ne!(
+            key_owner(&check_key("acme", "x", "")),
+            key_owner(&check_key("acmex", "x", ""))
+        );
+        let envoy = envoy_key("edge", [("client", "c1"), ("path", "/p")]);
+        assert_eq!(key_owner(&envoy), "rle:{edge");
+        assert_eq!(
+            key_owner(&envoy_key("edge", [("client", "c2")])),
+            key_owner(&envoy)
+        );
+        assert_eq!(key_owner(&envoy_key("ed/ge", [])), "rle:{ed%2Fge");
+        assert_eq!(key_owner(&global_throttle_key("login", "10.0.0.1")), "rlg:");
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod secret_files;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,6 @@ use std::time::Duration;
 use portcullis_proto::{envoy, pb};
 use tokio::net::TcpListener;
 use tonic::server::NamedService;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
@@ -88,7 +88,7 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
 pub async fn open_store(config: &Config) -> Result<AnyStore, StoreError> {
     Ok(match &config.store {
         StoreConfig::Memory => {
-            let store = Arc::new(MemoryStore::new());
+            let store = Arc::new(MemoryStore::with_caps(config.memory_key_caps));
             store.spawn_sweeper(MEMORY_SWEEP_EVERY);
             AnyStore::Memory(store)
         }
@@ -250,7 +250,7 @@ async fn serve(
     stop_background: &tokio::sync::broadcast::Sender<()>,
 ) -> Result<(), RunError> {
     // TLS first: a missing or broken certificate stops the start before the store is touched.
-    let transport = tls::Transport::open(
+    let server_tls = tls::open(
         &config.tls,
         listener.local_addr().ok(),
         stopped(stop_background),
@@ -343,9 +343,11 @@ async fn serve(
         AdminAuth::new(config.admin_token.as_ref()),
         auth.clone(),
     );
-    // TCP_NODELAY is set where connections are accepted (tls::accept): tonic's own setting
-    // only applies to listeners it binds itself.
-    let router = Server::builder()
+    // TCP_NODELAY is set where connections are accepted (transport::accept): tonic's own
+    // setting only applies to listeners it binds itself.
+    let connections = transport::Registry::new();
+    let router = transport::server_builder(&config.transport)
+        .layer(transport::CallCountLayer::new(connections.clone()))
         .layer(RpcTelemetryLayer)
         .add_service(health_service)
         .add_service(reflection_v1.build_v1()?)
@@ -368,7 +370,12 @@ async fn serve(
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, "serving gRPC");
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = router.serve_with_incoming_shutdown(transport.incoming(listener), async {
+    let tls_accept = server_tls.map(|tls| transport::TlsAccept {
+        tls,
+        handshake_timeout: config.tls.handshake_timeout,
+    });
+    let incoming = transport::incoming(listener, tls_accept, config.transport, connections);
+    let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = drain_rx.await;
     });
     tokio::pin!(server);

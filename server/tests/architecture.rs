@@ -26,6 +26,8 @@ const LAYERS: &[&[&str]] = &[
     &["config"],
     // The edges: gRPC handlers and TLS.
     &["grpc", "tls"],
+    // The gRPC port's connections, over TLS or not.
+    &["transport"],
 ];
 
 /// Crates the domain must not name: it speaks in its own types and leaves the wire and the

@@ -277,6 +277,179 @@ async fn runtime_limits_set_get_delete(backend: Backend) {
     );
 }
 
+/// A counter pushed 30 days ahead by a strict limit is judged by the limit in force after a
+/// change: a denial lasts at most what that limit could make it last.
+async fn a_changed_limit_decides_at_once(backend: Backend) {
+    let s = TestServer::start(backend, &[]).await;
+    let tenant = unique("loosened");
+    let month = Duration::from_secs(30 * 24 * 3600);
+    let strict = || s.client.set_tenant_limit(&tenant, "", 1, month, 0);
+    strict().await.unwrap();
+    assert!(s.client.check(&tenant, "", "u", 1).await.unwrap().allowed);
+    let denied = s.client.check(&tenant, "", "u", 1).await.unwrap();
+    assert!(duration(&denied.retry_after) > month - HOUR);
+
+    // 1,000 per second: full at worst, so one unit fits within a millisecond.
+    s.client
+        .set_tenant_limit(&tenant, "", 1000, Duration::from_secs(1), 0)
+        .await
+        .unwrap();
+    let r = s.client.check(&tenant, "", "u", 1).await.unwrap();
+    if !r.allowed {
+        assert!(
+            duration(&r.retry_after) <= Duration::from_millis(1),
+            "{r:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(s.client.check(&tenant, "", "u", 1).await.unwrap().allowed);
+
+    // Back to the default (60 per minute) by deleting the override: one unit within 1 s.
+    strict().await.unwrap();
+    s.client.check(&tenant, "", "v", 1).await.unwrap();
+    assert!(s.client.delete_tenant_limit(&tenant, "").await.unwrap());
+    let r = s.client.check(&tenant, "", "v", 1).await.unwrap();
+    if !r.allowed {
+        assert!(duration(&r.retry_after) <= Duration::from_secs(1), "{r:?}");
+        tokio::time::sleep(duration(&r.retry_after) + Duration::from_millis(50)).await;
+        assert!(s.client.check(&tenant, "", "v", 1).await.unwrap().allowed);
+    }
+}
+
+/// An Envoy descriptor's own `limit` shares the key of the configured limit: a year-long one
+/// must not hold the configured limit (3 per hour) for a year.
+async fn envoy_a_descriptor_limit_does_not_outlast_itself(backend: Backend) {
+    let (s, _dir) = server_with_envoy(backend).await;
+    let v = unique("yearly");
+    let mut d = descriptor(&[("client", &v)]);
+    d.limit = Some(envoy::common::rate_limit_descriptor::RateLimitOverride {
+        requests_per_unit: 1,
+        unit: envoy::types::RateLimitUnit::Year as i32,
+    });
+    assert_eq!(
+        should_rate_limit(&s, vec![d.clone()]).await.overall_code,
+        OK
+    );
+    let yearly = should_rate_limit(&s, vec![d]).await;
+    assert_eq!(yearly.overall_code, OVER);
+    assert!(duration(&yearly.statuses[0].duration_until_reset) > 300 * 24 * HOUR);
+
+    let configured = should_rate_limit(&s, vec![descriptor(&[("client", &v)])]).await;
+    assert_eq!(
+        configured.overall_code, OVER,
+        "full under 3 per hour at worst"
+    );
+    assert!(
+        duration(&configured.statuses[0].duration_until_reset) <= HOUR,
+        "{configured:?}"
+    );
+}
+
+/// An admin can forget a tenant's counters, of one key or of a whole resource, and the call
+/// is audited; other resources and tenants keep theirs.
+async fn reset_counters_forgets_one_key_or_a_resource(backend: Backend) {
+    let s = TestServer::start(backend, &[]).await;
+    let tenant = unique("reset");
+    let other = unique("reset-other");
+    for t in [&tenant, &other] {
+        s.client.set_tenant_limit(t, "", 1, HOUR, 0).await.unwrap();
+    }
+    // Glob characters in a key must not widen a reset.
+    let spent = [
+        (&tenant, "search", "a"),
+        (&tenant, "search", "b*"),
+        (&tenant, "search", ""),
+        (&tenant, "searches", "a"),
+        (&tenant, "upload", "a"),
+        (&other, "search", "a"),
+    ];
+    let allowed = |t: &str, r: &str, k: &str| {
+        let c = s.client.clone();
+        let (t, r, k) = (t.to_owned(), r.to_owned(), k.to_owned());
+        async move { c.check(&t, &r, &k, 1).await.unwrap().allowed }
+    };
+    for (t, r, k) in spent {
+        assert!(allowed(t, r, k).await);
+        assert!(!allowed(t, r, k).await, "{r}/{k} is spent");
+    }
+
+    assert_eq!(
+        s.client
+            .reset_counters(&tenant, "search", "b*")
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        allowed(&tenant, "search", "b*").await,
+        "the key starts afresh"
+    );
+    assert!(
+        !allowed(&tenant, "search", "a").await,
+        "a sibling key keeps its count"
+    );
+
+    // The whole resource: "a", "b*" (spent again above) and the keyless counter.
+    assert_eq!(
+        s.client
+            .reset_counters(&tenant, "search", "")
+            .await
+            .unwrap(),
+        3
+    );
+    for k in ["a", "b*", ""] {
+        assert!(
+            allowed(&tenant, "search", k).await,
+            "search/{k} starts afresh"
+        );
+    }
+    for (t, r, k) in [
+        (&tenant, "searches", "a"),
+        (&tenant, "upload", "a"),
+        (&other, "search", "a"),
+    ] {
+        assert!(!allowed(t, r, k).await, "{t} {r}/{k} keeps its count");
+    }
+    assert_eq!(
+        s.client
+            .reset_counters(&tenant, "nothing", "")
+            .await
+            .unwrap(),
+        0
+    );
+
+    let bad = status_of(s.client.reset_counters("", "search", "").await.unwrap_err());
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(
+        bad.get_details_bad_request().unwrap().field_violations[0].field,
+        "tenant_id"
+    );
+
+    let mut admin = s.client.admin();
+    let mut request = tonic::Request::new(pb::ListAuditEventsRequest {
+        tenant_id: tenant.clone(),
+        limit: 100,
+        after_id: String::new(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", portcullis_tests::server::ADMIN_TOKEN)
+            .parse()
+            .unwrap(),
+    );
+    let events = admin
+        .list_audit_events(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .events;
+    let resets = events
+        .iter()
+        .filter(|e| e.action == "admin.reset_counters" && e.outcome == "success")
+        .count();
+    assert_eq!(resets, 3, "every reset is audited: {events:?}");
+}
+
 async fn admin_needs_the_token(backend: Backend) {
     let s = TestServer::start(backend, &[]).await;
     let anonymous = portcullis_client::PortcullisClient::connect(format!("http://{}", s.addr))
@@ -537,9 +710,12 @@ portcullis_tests::on_every_store!(
     invalid_input_names_the_field,
     headers_describe_the_decision,
     runtime_limits_set_get_delete,
+    a_changed_limit_decides_at_once,
+    reset_counters_forgets_one_key_or_a_resource,
     admin_needs_the_token,
     envoy_descriptors_are_all_or_nothing,
     envoy_shadow_unlimited_unknown_and_blocked,
     envoy_overrides_and_hits_addend,
+    envoy_a_descriptor_limit_does_not_outlast_itself,
     envoy_invalid_input_names_the_field,
 );

@@ -134,7 +134,10 @@ async fn a_slow_redis_is_answered_by_the_fail_mode() {
 /// The script decides a whole queue of requests in one call; its answers must be those of the
 /// memory store deciding the same requests one by one at the same instant. Random batches over
 /// three keys cover repeated keys (within a request and across requests), denials that undo
-/// what a request's earlier limits took, costs above the burst and shadow-mode limits.
+/// what a request's earlier limits took, costs above the burst and shadow-mode limits. Each
+/// limit is drawn at random, so a key's policy changes all the time, from one unit per 10 s
+/// to 1,000 per second: TATs pushed far ahead by a slow policy must be clamped alike, and no
+/// answer may deny longer than the policy it was decided under could.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_script_call_decides_like_the_memory_store_one_by_one() {
     use std::sync::Arc;
@@ -162,6 +165,9 @@ async fn one_script_call_decides_like_the_memory_store_one_by_one() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(7);
     let keys = ["rl:{t}:a", "rl:{t}:b", "rl:{t}:c"];
     let (mut undone, mut repeated, mut committed, mut shadow_denied) = (0, 0, 0, 0);
+    // Denials under a policy shorter than the one that last pushed the key ahead.
+    let mut after_a_longer_policy = 0;
+    let mut longest_tolerance: std::collections::HashMap<String, u64> = Default::default();
 
     for round in 0..300 {
         let requests: Vec<Vec<LimitRequest>> = (0..rng.random_range(1..=8))
@@ -170,7 +176,8 @@ async fn one_script_call_decides_like_the_memory_store_one_by_one() {
                     .map(|_| LimitRequest {
                         key: keys[rng.random_range(0..keys.len())].to_owned(),
                         gcra: GcraParams {
-                            emission_interval_us: [1_000, 40_000][rng.random_range(0..2)],
+                            emission_interval_us: [1_000, 40_000, 10_000_000]
+                                [rng.random_range(0..3)],
                             burst: rng.random_range(1..=6),
                         },
                         cost: rng.random_range(1..=3),
@@ -187,6 +194,23 @@ async fn one_script_call_decides_like_the_memory_store_one_by_one() {
         for (request, scripted) in requests.iter().zip(&from_script) {
             let one_by_one = memory.decide(request).await.unwrap();
             assert_eq!(*scripted, one_by_one, "round {round}, request {request:?}");
+            for (limit, outcome) in request.iter().zip(&scripted.keys) {
+                let tolerance = limit.gcra.tolerance_us();
+                let longest = longest_tolerance.entry(limit.key.clone()).or_default();
+                if let Verdict::Denied { retry_after_us } = outcome.verdict {
+                    // Full under this policy, the cost fits after cost × T at most.
+                    assert!(
+                        retry_after_us <= limit.gcra.emission_interval_us * limit.cost,
+                        "round {round}: retry after {retry_after_us}µs under {limit:?}"
+                    );
+                    after_a_longer_policy += usize::from(*longest > tolerance);
+                }
+                assert!(
+                    outcome.reset_after_us <= tolerance,
+                    "round {round}: {outcome:?}"
+                );
+                *longest = (*longest).max(tolerance);
+            }
             let allowed = |i: usize| scripted.keys[i].verdict == Verdict::Allowed;
             committed += usize::from(scripted.committed);
             undone += usize::from(!scripted.committed && (0..request.len()).any(allowed));
@@ -204,7 +228,12 @@ async fn one_script_call_decides_like_the_memory_store_one_by_one() {
     }
     // The mix reached every path it is meant to test.
     assert!(
-        committed > 50 && undone > 20 && repeated > 20 && shadow_denied > 5,
-        "committed {committed}, undone {undone}, repeated key {repeated}, shadow denied {shadow_denied}"
+        committed > 50
+            && undone > 20
+            && repeated > 20
+            && shadow_denied > 5
+            && after_a_longer_policy > 20,
+        "committed {committed}, undone {undone}, repeated key {repeated}, shadow denied \
+         {shadow_denied}, denied after a longer policy {after_a_longer_policy}"
     );
 }

@@ -7,38 +7,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use portcullis_client::pb;
-use portcullis_tests::harness::{PortcullisProcess, RedisServer, free_port};
+use portcullis_tests::harness::{PortcullisProcess, RedisServer, free_port, http_get, sample};
 use portcullis_tests::server::{Backend, JWT_SECRET, TestServer, unique};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// GETs `path` over HTTP/1.1 and returns (status code, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-/// The value of the sample `name{labels}` in a Prometheus text page (0 when absent). `labels`
-/// is the exact label set as rendered, e.g. `api="check",outcome="allowed"`.
-fn sample(page: &str, name: &str, labels: &str) -> f64 {
-    let prefix = format!("{name}{{{labels}}} ");
-    page.lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
-}
 
 /// A memory-store server whose admin port is known, with a low default limit.
 async fn server() -> (TestServer, SocketAddr) {

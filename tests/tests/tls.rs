@@ -360,6 +360,47 @@ async fn a_silent_client_neither_blocks_others_nor_outlives_the_handshake_timeou
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// The transport bounds hold over TLS too: a client that completes the handshake and then
+/// says nothing is closed after `transport.silent_timeout`, and one idle after its preface
+/// after `transport.idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_and_idle_tls_connections_are_closed() {
+    use portcullis_tests::harness::h2::{client_preface, settings_ack};
+    use tokio::io::AsyncWriteExt;
+
+    let ca = Ca::new("Portcullis Test CA");
+    let files = Files::new();
+    let config = files.write(
+        "p.toml",
+        "[transport]\nsilent_timeout = \"1s\"\nidle_timeout = \"1s\"\n",
+    );
+    let mut args = files.server_pair(&ca.server_leaf(1));
+    args.extend(["--config".into(), config]);
+    let server = start(&args).await;
+    let client = client_config(&[ca.der()], false);
+
+    let (mut silent, _) = tls_connect(server.addr, client.clone()).await.unwrap();
+    let (mut idle, _) = tls_connect(server.addr, client).await.unwrap();
+    idle.write_all(&client_preface()).await.unwrap();
+    idle.write_all(&settings_ack()).await.unwrap();
+    connect_and_call(server.addr, &ca.pem(), None)
+        .await
+        .expect("other clients are served");
+    for (what, stream) in [("silent", &mut silent), ("idle", &mut idle)] {
+        let mut buf = vec![0u8; 16 * 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "the {what} TLS connection stayed open");
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // mTLS
 // ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ mod secrets;
 mod settings;
 mod store;
 mod tls;
+mod transport;
 
 use clap::{CommandFactory, FromArgMatches, Parser};
 use serde::Deserialize;
@@ -22,6 +23,7 @@ use zeroize::Zeroizing;
 use crate::ratelimit::LimiterSettings;
 use crate::ratelimit::envoy_config::EnvoyConfig;
 use crate::ratelimit::policy::{Limit, PolicyOverride, parse_period};
+use crate::store::memory::KeyCaps;
 use crate::store::redis::RedisSecurity;
 use crate::telemetry::logs::LogFormat;
 use limits::ResolvedLimits;
@@ -33,6 +35,7 @@ pub use auth::{AuthConfig, KeySource};
 pub use secrets::{DotEnv, WithDotEnv};
 pub use store::StoreConfig;
 pub use tls::{ServerTls, TlsConfig, TlsFile};
+pub use transport::TransportLimits;
 
 /// How long calls in flight may take after SIGTERM unless `shutdown_grace` says.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -61,6 +64,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Counter store.
     pub store: StoreConfig,
+    /// How many keys the memory store may hold, per tenant and in all.
+    pub memory_key_caps: KeyCaps,
     /// Redis connect and response timeout (the limiter's own timeout is shorter).
     pub redis_io_timeout: Duration,
     /// Redis ACL user, password and TLS material.
@@ -87,6 +92,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// TLS (and mTLS) on the gRPC port.
     pub tls: TlsConfig,
+    /// Bounds on the gRPC port's connections and streams.
+    pub transport: TransportLimits,
 }
 
 /// A configuration problem, naming the setting and where it came from.
@@ -165,6 +172,8 @@ struct FileConfig {
     auth: auth::AuthSection,
     #[serde(default)]
     tls: tls::TlsSection,
+    #[serde(default)]
+    transport: transport::TransportSection,
 }
 
 /// One setting from flag, env or file (in that order of precedence), with where it came from.
@@ -253,16 +262,19 @@ impl Config {
             DEFAULT_SHUTDOWN_GRACE,
         )?;
         let tls = TlsConfig::resolve(flags.tls, file.tls, env)?;
+        let transport = TransportLimits::resolve(file.transport)?;
         let shared_store = matches!(store.store, StoreConfig::Redis(_));
         let auth = AuthConfig::resolve(flags.auth, file.auth, env, shared_store)?;
 
         Ok(Self {
             auth,
             tls,
+            transport,
             metrics_listen,
             log_format,
             listen,
             store: store.store,
+            memory_key_caps: store.memory_key_caps,
             redis_io_timeout: store.io_timeout,
             redis_security: store.security,
             default_limit: limits.default_limit,

@@ -9,6 +9,7 @@ use super::{
     ConfigError, EnvSource, duration_setting, duration_value, invalid, pick, pick_or_default, redis,
 };
 use crate::ratelimit::{FailMode, LimiterSettings};
+use crate::store::memory::KeyCaps;
 use crate::store::redis::{RedisSecurity, RedisTarget};
 
 /// Redis connect and response timeout unless `store.io_timeout` says.
@@ -57,6 +58,8 @@ pub(super) struct StoreSection {
     io_timeout: Option<String>,
     fail_mode: Option<FailMode>,
     deny_cache_entries: Option<usize>,
+    memory_max_keys: Option<usize>,
+    memory_max_keys_per_tenant: Option<usize>,
 }
 
 /// The store's settings, validated: the store itself, and the limiter's settings about it.
@@ -67,6 +70,7 @@ pub(super) struct ResolvedStore {
     pub timeout: Duration,
     pub check_fail_mode: FailMode,
     pub deny_cache_entries: usize,
+    pub memory_key_caps: KeyCaps,
 }
 
 impl ResolvedStore {
@@ -142,6 +146,25 @@ impl ResolvedStore {
             DEFAULT_IO_TIMEOUT,
         )?;
 
+        let defaults = KeyCaps::default();
+        let memory_key_caps = KeyCaps {
+            per_owner: file
+                .memory_max_keys_per_tenant
+                .unwrap_or(defaults.per_owner),
+            total: file.memory_max_keys.unwrap_or(defaults.total),
+        };
+        for (key, cap) in [
+            ("store.memory_max_keys", memory_key_caps.total),
+            (
+                "store.memory_max_keys_per_tenant",
+                memory_key_caps.per_owner,
+            ),
+        ] {
+            if cap == 0 {
+                return Err(invalid(format!("config file: {key}"), "must be at least 1"));
+            }
+        }
+
         Ok(Self {
             store,
             io_timeout,
@@ -149,6 +172,7 @@ impl ResolvedStore {
             timeout,
             check_fail_mode,
             deny_cache_entries,
+            memory_key_caps,
         })
     }
 }

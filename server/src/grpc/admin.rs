@@ -154,6 +154,28 @@ impl pb::admin_service_server::AdminService for AdminApi {
         Ok(Response::new(pb::DeleteTenantLimitResponse { deleted }))
     }
 
+    #[tracing::instrument(skip_all, fields(tenant = %request.get_ref().tenant_id, resource = %request.get_ref().resource))]
+    async fn reset_counters(
+        &self,
+        request: Request<pb::ResetCountersRequest>,
+    ) -> Result<Response<pb::ResetCountersResponse>, Status> {
+        let ctx = call_context(request.metadata());
+        let r = request.get_ref();
+        let result = self
+            .limiter
+            .reset_counters(&r.tenant_id, &r.resource, &r.key)
+            .await;
+        self.audit_limit_call(&ctx, &r.tenant_id, "admin.reset_counters", &result)
+            .await;
+        let counters_reset = result?;
+        tracing::info!(
+            counters_reset,
+            one_key = !r.key.is_empty(),
+            "counters reset"
+        );
+        Ok(Response::new(pb::ResetCountersResponse { counters_reset }))
+    }
+
     #[tracing::instrument(skip_all, fields(tenant = %request.get_ref().tenant_id))]
     async fn create_user(
         &self,

@@ -51,6 +51,7 @@ fn check_response(d: &CheckDecision) -> pb::CheckResponse {
             Some(DenyReason::OverLimit) => pb::DenyReason::OverLimit,
             Some(DenyReason::CostExceedsBurst) => pb::DenyReason::CostExceedsBurst,
             Some(DenyReason::StoreUnavailable) => pb::DenyReason::StoreUnavailable,
+            Some(DenyReason::KeyLimit) => pb::DenyReason::KeyLimit,
         } as i32,
         headers: d
             .headers()

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use super::envoy_config::{EnvoyRate, EnvoyUnit};
 use super::gcra::{GcraParams, KeyOutcome, Verdict};
 use super::headers::{HeaderInput, rate_limit_headers};
-use super::limiter::{FailMode, Limiter, RateLimitError, count_decision};
+use super::limiter::{FailMode, Limiter, RateLimitError, count_decision, key_limit_error};
 use super::policy::{Limit, MAX_BURST};
 use super::store::{BatchOutcome, LimitRequest, RateLimitStore};
 use crate::clock::unix_time;
@@ -188,8 +188,13 @@ impl<S: RateLimitStore> Limiter<S> {
                 now_us: unix_time().as_micros() as u64,
                 committed: true,
                 keys: Vec::new(),
+                key_limited: false,
             },
             None => match self.decide(&batch).await {
+                Ok(o) if o.key_limited => {
+                    count_decision(ENVOY, "key_limit");
+                    return self.envoy_fail_mode(key_limit_error(), applied);
+                }
                 Ok(o) => {
                     self.remember_denials(&batch, &o, sent_at);
                     count_decision(ENVOY, if o.committed { "allowed" } else { "denied" });
@@ -243,12 +248,13 @@ impl<S: RateLimitStore> Limiter<S> {
         }
         let keys = batch
             .iter()
-            .map(|r| cache.lookup(&r.key, r.cost, now).map(KeyOutcome::from))
+            .map(|r| cache.lookup(r, now).map(KeyOutcome::from))
             .collect::<Option<Vec<_>>>()?;
         Some(BatchOutcome {
             now_us: unix_time().as_micros() as u64,
             committed: !batch.iter().any(|r| r.enforced),
             keys,
+            key_limited: false,
         })
     }
 

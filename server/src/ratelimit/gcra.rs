@@ -2,9 +2,12 @@
 //!
 //! State per key is one number, the theoretical arrival time (TAT) in microseconds since the
 //! Unix epoch. With emission interval `T = period / rate` and tolerance `τ = T × burst`:
-//! `tat = max(stored, now)`, `new_tat = tat + T × cost`; the request fits when
+//! `tat = min(max(stored, now), now + τ)`, `new_tat = tat + T × cost`; the request fits when
 //! `new_tat − τ ≤ now`. A key never admits more than `burst + elapsed / T` units, and a
-//! denied request changes nothing. The Redis Lua script (`store/redis/scripts/gcra.lua`)
+//! denied request takes nothing. The upper clamp matters only after the key's policy changed:
+//! a TAT pushed far ahead by a stricter (or longer) policy would otherwise keep denying under
+//! the new one for as long as the old one could; clamped, no decision denies longer than the
+//! policy in force could, and the clamped TAT is stored (it means the same under that policy). The Redis Lua script (`store/redis/scripts/gcra.lua`)
 //! implements the same steps; the shared behaviour suite holds the two to the same answers.
 
 /// The two numbers GCRA needs, derived from a [`Limit`](super::policy::Limit).
@@ -53,6 +56,10 @@ pub struct Step {
     pub outcome: KeyOutcome,
     /// The new TAT to store when allowed and committed.
     pub new_tat_us: Option<u64>,
+    /// The stored TAT clamped to `now + τ`, when it was further ahead (its policy changed):
+    /// to be stored whatever the batch decides, since under this policy it means the same
+    /// and, unstored, the far TAT would be clamped again on every call and never run out.
+    pub clamped_tat_us: Option<u64>,
     /// The outcome to report when the step was allowed but not committed (another limit of the
     /// same request denied): nothing taken, so the numbers are those before this request.
     pub untaken: KeyOutcome,
@@ -62,7 +69,11 @@ pub struct Step {
 pub fn step(params: GcraParams, stored_tat_us: Option<u64>, now_us: u64, cost: u64) -> Step {
     let t = params.emission_interval_us.max(1);
     let tau = params.tolerance_us();
-    let tat = stored_tat_us.unwrap_or(now_us).max(now_us);
+    let ceiling = now_us.saturating_add(tau);
+    let clamped_tat_us = stored_tat_us
+        .filter(|&stored| stored > ceiling)
+        .map(|_| ceiling);
+    let tat = stored_tat_us.unwrap_or(now_us).clamp(now_us, ceiling);
     let untaken = KeyOutcome {
         verdict: Verdict::Allowed,
         remaining: tau.saturating_sub(tat - now_us) / t,
@@ -76,6 +87,7 @@ pub fn step(params: GcraParams, stored_tat_us: Option<u64>, now_us: u64, cost: u
         return Step {
             outcome,
             new_tat_us: None,
+            clamped_tat_us,
             untaken: outcome,
         };
     }
@@ -91,6 +103,7 @@ pub fn step(params: GcraParams, stored_tat_us: Option<u64>, now_us: u64, cost: u
         return Step {
             outcome,
             new_tat_us: None,
+            clamped_tat_us,
             untaken: outcome,
         };
     }
@@ -101,6 +114,7 @@ pub fn step(params: GcraParams, stored_tat_us: Option<u64>, now_us: u64, cost: u
             reset_after_us: new_tat - now_us,
         },
         new_tat_us: Some(new_tat),
+        clamped_tat_us,
         untaken,
     }
 }
@@ -122,7 +136,7 @@ mod tests {
     /// Runs steps on one key, committing the allowed ones, like a store does.
     fn run(tat: &mut Option<u64>, now: u64, cost: u64) -> KeyOutcome {
         let s = step(params(), *tat, now, cost);
-        if let Some(new) = s.new_tat_us {
+        if let Some(new) = s.new_tat_us.or(s.clamped_tat_us) {
             *tat = Some(new);
         }
         s.outcome
@@ -214,5 +228,38 @@ mod tests {
         assert_eq!(s.outcome.remaining, 3);
         assert_eq!(s.untaken.remaining, 5);
         assert_eq!(s.untaken.reset_after_us, 0);
+    }
+
+    #[test]
+    fn a_tat_pushed_ahead_by_an_older_policy_denies_no_longer_than_the_new_one_could() {
+        let now = 1_000 * SECOND;
+        // One per 30 days, taken: the TAT is 30 days ahead.
+        let month = GcraParams {
+            emission_interval_us: 30 * 24 * 3600 * SECOND,
+            burst: 1,
+        };
+        let pushed = step(month, None, now, 1).new_tat_us.unwrap();
+        // Under 10 per second (burst 5) the key is full at most: denied for one interval.
+        let s = step(params(), Some(pushed), now, 1);
+        assert_eq!(
+            s.outcome.verdict,
+            Verdict::Denied {
+                retry_after_us: SECOND / 10
+            }
+        );
+        assert_eq!(s.outcome.reset_after_us, SECOND / 2);
+        assert_eq!(s.clamped_tat_us, Some(now + SECOND / 2));
+        // With the clamp stored, the key refills under the new policy.
+        let mut tat = s.clamped_tat_us;
+        assert_eq!(
+            run(&mut tat, now + SECOND / 10, 1).verdict,
+            Verdict::Allowed
+        );
+        assert_eq!(run(&mut tat, now + SECOND, 5).verdict, Verdict::Allowed);
+        // A TAT within the tolerance is never clamped.
+        assert_eq!(
+            step(params(), Some(now + SECOND / 2), now, 1).clamped_tat_us,
+            None
+        );
     }
 }

@@ -132,6 +132,9 @@ pub enum DenyReason {
     CostExceedsBurst,
     /// The store did not answer and the fail mode is closed.
     StoreUnavailable,
+    /// The store holds as many keys as the tenant (or in all) may, this key is new, and the
+    /// fail mode is closed.
+    KeyLimit,
 }
 
 /// The answer to a `Check`.
@@ -383,6 +386,30 @@ impl<S: RateLimitStore> Limiter<S> {
         Ok(deleted)
     }
 
+    /// Forgets the counters of (tenant, resource): of one key, or with an empty `key` of every
+    /// key and the shared counter. They start again from a full burst. Returns how many
+    /// counters were forgotten.
+    pub async fn reset_counters(
+        &self,
+        tenant: &str,
+        resource: &str,
+        key: &str,
+    ) -> Result<u64, RateLimitError> {
+        validate_target(tenant, resource)?;
+        keys::validate_id("key", key, false)?;
+        let counter = keys::check_key(tenant, normalise_resource(resource), key);
+        // Not under the decision timeout: a resource with many keys takes several steps.
+        let forgotten = self
+            .store
+            .reset_counters(&counter, key.is_empty())
+            .await
+            .map_err(RateLimitError::StoreUnavailable)?;
+        if let Some(cache) = &self.deny_cache {
+            cache.clear();
+        }
+        Ok(forgotten)
+    }
+
     /// Decides a `Check`.
     pub async fn check(&self, input: CheckInput<'_>) -> Result<CheckDecision, RateLimitError> {
         validate_target(input.tenant, input.resource)?;
@@ -395,22 +422,44 @@ impl<S: RateLimitStore> Limiter<S> {
             CheckDecision::from_outcome(policy, resource, outcome, now_unix_us)
         };
 
-        let sent_at = Instant::now();
-        let cached = self
-            .deny_cache
-            .as_ref()
-            .and_then(|c| c.lookup(&key, cost, sent_at));
-        if let Some(hit) = cached {
-            count_decision(CHECK, "denied_cached");
-            return Ok(decision(hit.into(), unix_time().as_micros() as u64));
-        }
         let batch = [LimitRequest {
             key,
             gcra: policy.limit.gcra(),
             cost,
             enforced: true,
         }];
+        let sent_at = Instant::now();
+        let cached = self
+            .deny_cache
+            .as_ref()
+            .and_then(|c| c.lookup(&batch[0], sent_at));
+        if let Some(hit) = cached {
+            count_decision(CHECK, "denied_cached");
+            return Ok(decision(hit.into(), unix_time().as_micros() as u64));
+        }
+        let degraded = |reason: DenyReason, error: RateLimitError| {
+            let allowed = match self.settings.check_fail_mode {
+                FailMode::Open => true,
+                FailMode::Closed => false,
+                FailMode::Unavailable => return Err(error),
+            };
+            let nothing_known = KeyOutcome {
+                verdict: Verdict::Allowed,
+                remaining: 0,
+                reset_after_us: 0,
+            };
+            Ok(CheckDecision {
+                allowed,
+                deny_reason: (!allowed).then_some(reason),
+                degraded: true,
+                ..decision(nothing_known, unix_time().as_micros() as u64)
+            })
+        };
         match self.decide(&batch).await {
+            Ok(outcome) if outcome.key_limited => {
+                count_decision(CHECK, "key_limit");
+                degraded(DenyReason::KeyLimit, key_limit_error())
+            }
             Ok(outcome) => {
                 self.remember_denials(&batch, &outcome, sent_at);
                 let [key_outcome] = outcome.keys[..] else {
@@ -428,22 +477,7 @@ impl<S: RateLimitStore> Limiter<S> {
             }
             Err(e) => {
                 count_decision(CHECK, self.settings.check_fail_mode.outcome());
-                let allowed = match self.settings.check_fail_mode {
-                    FailMode::Open => true,
-                    FailMode::Closed => false,
-                    FailMode::Unavailable => return Err(e),
-                };
-                let nothing_known = KeyOutcome {
-                    verdict: Verdict::Allowed,
-                    remaining: 0,
-                    reset_after_us: 0,
-                };
-                Ok(CheckDecision {
-                    allowed,
-                    deny_reason: (!allowed).then_some(DenyReason::StoreUnavailable),
-                    degraded: true,
-                    ..decision(nothing_known, unix_time().as_micros() as u64)
-                })
+                degraded(DenyReason::StoreUnavailable, e)
             }
         }
     }
@@ -457,17 +491,6 @@ impl<S: RateLimitStore> Limiter<S> {
         &self,
         limits: &[(String, Limit)],
     ) -> Result<Option<Duration>, RateLimitError> {
-        let sent_at = Instant::now();
-        if let Some(cache) = &self.deny_cache {
-            let cached = limits
-                .iter()
-                .filter_map(|(key, _)| cache.lookup(key, 1, sent_at))
-                .map(|hit| hit.retry_after)
-                .max();
-            if cached.is_some() {
-                return Ok(cached);
-            }
-        }
         if limits.is_empty() {
             return Ok(None);
         }
@@ -480,7 +503,21 @@ impl<S: RateLimitStore> Limiter<S> {
                 enforced: true,
             })
             .collect();
+        let sent_at = Instant::now();
+        if let Some(cache) = &self.deny_cache {
+            let cached = batch
+                .iter()
+                .filter_map(|req| cache.lookup(req, sent_at))
+                .map(|hit| hit.retry_after)
+                .max();
+            if cached.is_some() {
+                return Ok(cached);
+            }
+        }
         let outcome = self.decide(&batch).await?;
+        if outcome.key_limited {
+            return Err(key_limit_error());
+        }
         self.remember_denials(&batch, &outcome, sent_at);
         if outcome.committed {
             return Ok(None);
@@ -508,16 +545,7 @@ impl<S: RateLimitStore> Limiter<S> {
             return;
         };
         for (req, k) in batch.iter().zip(&outcome.keys) {
-            if let Verdict::Denied { retry_after_us } = k.verdict {
-                cache.remember(
-                    &req.key,
-                    req.cost,
-                    sent_at,
-                    Duration::from_micros(retry_after_us),
-                    Duration::from_micros(k.reset_after_us),
-                    k.remaining,
-                );
-            }
+            cache.remember(req, sent_at, k);
         }
     }
 
@@ -555,6 +583,13 @@ impl<S: RateLimitStore> Limiter<S> {
             }
         }
     }
+}
+
+/// The error a key-limited decision stands for where the fail mode says to report it.
+pub(super) fn key_limit_error() -> RateLimitError {
+    RateLimitError::StoreUnavailable(StoreError::transient(
+        "the store holds as many keys as this tenant or domain may; new keys wait for old ones to expire",
+    ))
 }
 
 /// Validates the (tenant, resource) a request or an admin call addresses.

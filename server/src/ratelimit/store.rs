@@ -30,6 +30,10 @@ pub struct BatchOutcome {
     /// One outcome per request, in order. When not committed, allowed limits report the
     /// state before the request (nothing was taken).
     pub keys: Vec<KeyOutcome>,
+    /// True when the store refused to hold a new key of the batch (its owner, or the store,
+    /// holds as many live keys as it may): nothing was decided or taken, the per-key outcomes
+    /// mean nothing, and the caller's fail mode decides. Only the memory store has such caps.
+    pub key_limited: bool,
 }
 
 /// A store failure. `transient` says whether retrying later may succeed.
@@ -95,6 +99,16 @@ pub trait RateLimitStore: Send + Sync + 'static {
         &self,
         known_version: Option<u64>,
     ) -> impl Future<Output = Result<Option<OverrideSnapshot>, StoreError>> + Send;
+
+    /// Forgets the counter `key` and, with `with_children`, every counter whose key begins
+    /// with `key:` (the keys of one resource); returns how many were forgotten. Counters that
+    /// are gone start again from a full burst. Redis replicas clear their deny caches within
+    /// a policy refresh.
+    fn reset_counters(
+        &self,
+        key: &str,
+        with_children: bool,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
 
     /// True when the store is across the network, where a local cache of denials saves
     /// round trips (in memory it would only duplicate the counters).

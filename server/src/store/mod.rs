@@ -93,6 +93,10 @@ impl RateLimitStore for AnyStore {
         delegate!(self, load_overrides(known))
     }
 
+    async fn reset_counters(&self, key: &str, with_children: bool) -> Result<u64, StoreError> {
+        delegate!(self, reset_counters(key, with_children))
+    }
+
     fn is_remote(&self) -> bool {
         match self {
             Self::Memory(s) => s.is_remote(),

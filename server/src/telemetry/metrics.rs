@@ -13,7 +13,8 @@ pub const RPC_REQUESTS: &str = "portcullis_rpc_requests_total";
 /// gRPC call latency by `method`, seconds.
 pub const RPC_DURATION: &str = "portcullis_rpc_duration_seconds";
 /// Rate-limit decisions by `api` (`check`, `envoy`) and `outcome` (`allowed`, `denied`,
-/// `denied_cached`, `fail_open`, `fail_closed`, `unavailable`).
+/// `denied_cached`, `fail_open`, `fail_closed`, `unavailable`, `key_limit`: a new key the
+/// memory store's key caps refused, decided by the fail mode).
 pub const RATELIMIT_DECISIONS: &str = "portcullis_ratelimit_decisions_total";
 /// Store calls by `op` (the store method), seconds.
 pub const STORE_DURATION: &str = "portcullis_store_duration_seconds";
@@ -35,6 +36,8 @@ pub const AUTH_EVENTS: &str = "portcullis_auth_events_total";
 pub const JWT_KEYS: &str = "portcullis_jwt_keys";
 /// TLS handshakes on the gRPC port by `outcome` (`ok`, `failed`, `timeout`).
 pub const TLS_HANDSHAKES: &str = "portcullis_tls_handshakes_total";
+/// Connections closed on accept because `transport.max_connections` were open.
+pub const CONNECTIONS_REFUSED: &str = "portcullis_connections_refused_total";
 /// Certificate reloads by `outcome` (`ok`, `failed`: the previous certificate stays).
 pub const TLS_RELOADS: &str = "portcullis_tls_reloads_total";
 
@@ -80,6 +83,10 @@ fn describe() {
     metrics::describe_counter!(AUTH_EVENTS, "Audit events by action and outcome");
     metrics::describe_gauge!(JWT_KEYS, "JWT keys in force (1) or removed (0)");
     metrics::describe_counter!(TLS_HANDSHAKES, "TLS handshakes on the gRPC port by outcome");
+    metrics::describe_counter!(
+        CONNECTIONS_REFUSED,
+        "connections closed on accept because the connection limit was reached"
+    );
     metrics::describe_counter!(TLS_RELOADS, "Certificate reloads by outcome");
 }
 

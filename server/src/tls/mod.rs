@@ -1,24 +1,20 @@
 //! TLS on the gRPC port: rustls (TLS 1.3 and 1.2, ALPN `h2`) on the ring crypto provider, the
 //! one the redis crate's rustls uses too; certificates reloaded from their files without
 //! dropping connections (cert-manager rotates them); optional client-certificate verification
-//! against a CA bundle (mTLS); handshakes off the accept loop with a timeout.
+//! against a CA bundle (mTLS). Handshakes happen in the accept loop's tasks (`transport`).
 //!
 //! Plaintext stays possible for loopback and for a TLS-terminating sidecar, with a loud warning
 //! on any other address, or an error with `--require-tls`.
 
-mod accept;
 mod files;
 mod reload;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rustls::crypto::CryptoProvider;
-use tokio::net::TcpListener;
 
-pub use accept::{Incoming, ServerIo};
 pub use reload::{PollReport, ReloadingCertResolver, ReloadingTls};
 
 use crate::config::TlsConfig;
@@ -78,66 +74,39 @@ fn is_loopback(addr: SocketAddr) -> bool {
     addr.ip().to_canonical().is_loopback()
 }
 
-/// How the gRPC port is served: plaintext or TLS, decided at start from the config.
-#[derive(Debug)]
-pub struct Transport {
-    tls: Option<Arc<ReloadingTls>>,
-    handshake_timeout: Duration,
-}
-
-impl Transport {
-    /// Loads the TLS material (an error for any unreadable or unusable file), starts the
-    /// poller that reloads it until `stop` resolves, and warns once when plaintext is served on
-    /// an address other hosts can reach (`local`); with `--require-tls` that is an error.
-    pub fn open(
-        config: &TlsConfig,
-        local: Option<SocketAddr>,
-        stop: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<Self, TlsError> {
-        install_crypto_provider();
-        let Some(settings) = &config.server else {
-            if config.require {
-                return Err(TlsError::Required);
-            }
-            if let Some(addr) = local.filter(|a| !is_loopback(*a)) {
-                tracing::warn!(
-                    %addr,
-                    "SERVING gRPC IN PLAINTEXT ON A NON-LOOPBACK ADDRESS: passwords, tokens and \
-                     admin calls cross the network unencrypted and any host that reaches the \
-                     port can call it. Set --tls-cert and --tls-key (and --tls-client-ca for \
-                     mTLS), or --require-tls to refuse to start like this"
-                );
-            }
-            return Ok(Self {
-                tls: None,
-                handshake_timeout: config.handshake_timeout,
-            });
-        };
-        let tls = Arc::new(ReloadingTls::open(settings, crypto_provider())?);
-        tracing::info!(
-            cert = %settings.cert.path.display(),
-            leaf_sha256 = %files::fingerprint(&tls.current_cert()),
-            mtls = tls.mutual(),
-            reload_poll = ?config.reload_poll,
-            "gRPC TLS on (TLS 1.3 and 1.2, ALPN h2)"
-        );
-        tokio::spawn(tls.clone().watch(config.reload_poll, stop));
-        Ok(Self {
-            tls: Some(tls),
-            handshake_timeout: config.handshake_timeout,
-        })
-    }
-
-    /// The TLS state, when TLS is on.
-    pub fn tls(&self) -> Option<&Arc<ReloadingTls>> {
-        self.tls.as_ref()
-    }
-
-    /// The connection stream for `serve_with_incoming_shutdown`.
-    pub fn incoming(&self, listener: TcpListener) -> Incoming {
-        match &self.tls {
-            None => Incoming::plain(listener),
-            Some(tls) => Incoming::tls(listener, tls.clone(), self.handshake_timeout),
+/// TLS for the gRPC port as the config says: `None` for plaintext. Loads the TLS material (an
+/// error for any unreadable or unusable file), starts the poller that reloads it until `stop`
+/// resolves, and warns once when plaintext is served on an address other hosts can reach
+/// (`local`); with `--require-tls` that is an error.
+pub fn open(
+    config: &TlsConfig,
+    local: Option<SocketAddr>,
+    stop: impl Future<Output = ()> + Send + 'static,
+) -> Result<Option<Arc<ReloadingTls>>, TlsError> {
+    install_crypto_provider();
+    let Some(settings) = &config.server else {
+        if config.require {
+            return Err(TlsError::Required);
         }
-    }
+        if let Some(addr) = local.filter(|a| !is_loopback(*a)) {
+            tracing::warn!(
+                %addr,
+                "SERVING gRPC IN PLAINTEXT ON A NON-LOOPBACK ADDRESS: passwords, tokens and \
+                 admin calls cross the network unencrypted and any host that reaches the \
+                 port can call it. Set --tls-cert and --tls-key (and --tls-client-ca for \
+                 mTLS), or --require-tls to refuse to start like this"
+            );
+        }
+        return Ok(None);
+    };
+    let tls = Arc::new(ReloadingTls::open(settings, crypto_provider())?);
+    tracing::info!(
+        cert = %settings.cert.path.display(),
+        leaf_sha256 = %files::fingerprint(&tls.current_cert()),
+        mtls = tls.mutual(),
+        reload_poll = ?config.reload_poll,
+        "gRPC TLS on (TLS 1.3 and 1.2, ALPN h2)"
+    );
+    tokio::spawn(tls.clone().watch(config.reload_poll, stop));
+    Ok(Some(tls))
 }

@@ -1,9 +1,12 @@
 //! Test harness: starts redis-server (single or Cluster) and portcullis processes on free loopback ports, and stops them even when a test panics or the test process dies.
 
+pub mod h2;
+mod http;
 mod portcullis;
 mod process;
 mod redis;
 
+pub use http::{http_get, sample};
 pub use portcullis::{KEEP_LOGS_ENV, PortcullisProcess, portcullis_binary};
 pub use process::{ManagedChild, free_cluster_port, free_port};
 pub use redis::{RedisCluster, RedisServer, RedisTarget};

@@ -6,6 +6,8 @@
 mod auth;
 mod ratelimit;
 
+pub use self::ratelimit::KeyCaps;
+
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -23,15 +25,25 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// A store on the system clock.
+    /// A store on the system clock, with the default key caps.
     pub fn new() -> Self {
         Self::with_clock(Arc::new(SystemClock::new()))
     }
 
+    /// A store on the system clock holding at most `caps` keys.
+    pub fn with_caps(caps: KeyCaps) -> Self {
+        Self::with_clock_and_caps(Arc::new(SystemClock::new()), caps)
+    }
+
     /// A store on a given clock (tests pass a manual one).
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::with_clock_and_caps(clock, KeyCaps::default())
+    }
+
+    /// A store on a given clock holding at most `caps` keys.
+    pub fn with_clock_and_caps(clock: Arc<dyn Clock>, caps: KeyCaps) -> Self {
         Self {
-            counters: ratelimit::Counters::new(),
+            counters: ratelimit::Counters::new(caps),
             auth: auth::MemoryAuth::new(clock.clone()),
             clock,
         }

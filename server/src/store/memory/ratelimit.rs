@@ -7,18 +7,34 @@
 //!
 //! The shards are plain `Mutex<HashMap>`s rather than a `DashMap` because a batch must hold
 //! several shards at once in a fixed order, which dashmap's public API does not offer.
+//!
+//! Callers choose keys, so the keys held are capped per owner (tenant, or Envoy domain: see
+//! [`key_owner`]) and in total: a new key past a cap is not created, and the caller's fail
+//! mode decides (`KEY_LIMIT`). A live counter is never evicted to make room, since forgetting
+//! it would admit more than its limit.
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
 use parking_lot::{Mutex, MutexGuard};
 
 use super::MemoryStore;
 use crate::clock::Clock;
-use crate::ratelimit::gcra::{self, Verdict};
+use crate::keys::key_owner;
+use crate::ratelimit::gcra::{self, KeyOutcome, Verdict};
 use crate::ratelimit::policy::{Limit, PolicyOverride};
 use crate::ratelimit::store::{
     BatchOutcome, LimitRequest, OverrideSnapshot, RateLimitStore, StoreError,
+};
+
+/// What a key-limited batch reports per key: nothing (the fail mode decides).
+const KEY_LIMITED: KeyOutcome = KeyOutcome {
+    verdict: Verdict::Denied { retry_after_us: 0 },
+    remaining: 0,
+    reset_after_us: 0,
 };
 
 /// Number of lock shards: enough that two cores rarely meet on one, few enough to sweep fast.
@@ -32,6 +48,81 @@ type Tats = HashMap<Box<str>, u64, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 struct Shard(Mutex<Tats>);
 
+/// A key a batch touches: where it lives and its TAT as the batch goes.
+struct Touched<'a> {
+    key: &'a str,
+    /// Index into the batch's shard guards.
+    shard: usize,
+    /// `None` while the store holds no TAT for the key.
+    tat: Option<u64>,
+    /// A clamp was applied: the TAT is stored even if the batch does not commit.
+    clamped: bool,
+}
+
+/// How many keys the memory store may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyCaps {
+    /// Keys one owner (tenant, or Envoy domain) may hold.
+    pub per_owner: usize,
+    /// Keys all owners together may hold.
+    pub total: usize,
+}
+
+impl Default for KeyCaps {
+    /// About 100 bytes a key: at most about 100 MB of counters, a tenth of it per tenant.
+    fn default() -> Self {
+        Self {
+            per_owner: 100_000,
+            total: 1_000_000,
+        }
+    }
+}
+
+/// Keys held per owner and in total, against [`KeyCaps`].
+#[derive(Debug)]
+struct KeyCount {
+    /// The caps.
+    caps: KeyCaps,
+    /// Keys held per owner; an owner leaves when its last key does.
+    by_owner: DashMap<Box<str>, usize, foldhash::fast::RandomState>,
+    /// Keys held in all.
+    total: AtomicUsize,
+}
+
+impl KeyCount {
+    /// Takes room for one more key of `owner`; false, taking nothing, past a cap.
+    fn take(&self, owner: &str) -> bool {
+        let caps = self.caps;
+        let total = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < caps.total).then_some(n + 1)
+            });
+        if total.is_err() {
+            return false;
+        }
+        let mut held = self.by_owner.entry(owner.into()).or_insert(0);
+        if *held >= caps.per_owner {
+            drop(held);
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    /// Gives back the room of one key of `owner` (dropped, or never created).
+    fn give_back(&self, owner: &str) {
+        if let Entry::Occupied(mut held) = self.by_owner.entry(owner.into()) {
+            *held.get_mut() -= 1;
+            if *held.get() == 0 {
+                held.remove();
+            }
+            self.total.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// The counters and runtime overrides of a [`MemoryStore`].
 #[derive(Debug)]
 pub(super) struct Counters {
@@ -41,6 +132,8 @@ pub(super) struct Counters {
     shard_hasher: foldhash::fast::RandomState,
     /// Runtime overrides, versioned like the Redis copy.
     overrides: Mutex<Overrides>,
+    /// Keys held, against their caps.
+    key_count: KeyCount,
 }
 
 #[derive(Debug, Default)]
@@ -50,11 +143,16 @@ struct Overrides {
 }
 
 impl Counters {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(caps: KeyCaps) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Shard::default()).collect(),
             shard_hasher: foldhash::fast::RandomState::default(),
             overrides: Mutex::default(),
+            key_count: KeyCount {
+                caps,
+                by_owner: DashMap::default(),
+                total: AtomicUsize::new(0),
+            },
         }
     }
 
@@ -67,11 +165,48 @@ impl Counters {
         self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 
+    /// Forgets `key` and, with `with_children`, every key under `key:`; returns how many.
+    fn reset(&self, key: &str, with_children: bool) -> u64 {
+        let mut forgotten = 0;
+        let mut forget = |tats: &mut Tats, k: &str| {
+            if tats.remove(k).is_some() {
+                self.key_count.give_back(key_owner(k));
+                forgotten += 1;
+            }
+        };
+        if !with_children {
+            forget(&mut self.shards[self.shard_of(key)].0.lock(), key);
+            return forgotten;
+        }
+        for shard in self.shards.iter() {
+            let mut tats = shard.0.lock();
+            let children: Vec<Box<str>> = tats
+                .keys()
+                .filter(|k| {
+                    k.strip_prefix(key)
+                        .is_some_and(|rest| rest.starts_with(':'))
+                })
+                .cloned()
+                .collect();
+            forget(&mut tats, key);
+            for child in children {
+                forget(&mut tats, &child);
+            }
+        }
+        forgotten
+    }
+
     /// Removes keys whose TAT has passed: they decide exactly as absent keys do.
     pub(super) fn sweep(&self, clock: &dyn Clock) {
         for shard in self.shards.iter() {
             let now = clock.now_us();
-            shard.0.lock().retain(|_, tat| *tat > now);
+            shard.0.lock().retain(|key, tat| {
+                let live = *tat > now;
+                if !live {
+                    self.key_count.give_back(key_owner(key));
+                }
+                live
+            });
         }
     }
 }
@@ -89,31 +224,80 @@ impl MemoryStore {
         for id in &mut shard_ids {
             *id = order.binary_search(id).unwrap_or_default();
         }
+        // Room for the keys the store does not hold yet, before anything is decided: a batch
+        // with a key past its cap decides nothing.
+        let mut new_keys: Vec<&str> = Vec::new();
+        for (req, &g) in batch.iter().zip(&shard_ids) {
+            let key = req.key.as_str();
+            if guards[g].contains_key(key) || new_keys.contains(&key) {
+                continue;
+            }
+            if !counters.key_count.take(key_owner(key)) {
+                for key in new_keys {
+                    counters.key_count.give_back(key_owner(key));
+                }
+                return BatchOutcome {
+                    now_us: self.clock.now_us(),
+                    committed: false,
+                    keys: vec![KEY_LIMITED; batch.len()],
+                    key_limited: true,
+                };
+            }
+            new_keys.push(key);
+        }
         let now = self.clock.now_us();
-        // A key named twice in one batch must see its own pending update.
-        let mut pending: Vec<(&str, u64)> = Vec::new();
+        // The keys this batch touches, each once, with its TAT as the batch goes: a key named
+        // twice sees its own pending update. As in the Lua script, a clamp (see gcra.rs) stands
+        // whatever the batch decides, and takes are undone in reverse when it does not commit.
+        let mut touched: Vec<Touched<'_>> = Vec::new();
+        let mut undo: Vec<(usize, Option<u64>)> = Vec::new();
         let mut steps = Vec::with_capacity(batch.len());
         let mut committed = true;
         for (req, &g) in batch.iter().zip(&shard_ids) {
-            let stored = pending
-                .iter()
-                .rev()
-                .find(|(k, _)| *k == req.key)
-                .map(|(_, tat)| *tat)
-                .or_else(|| guards[g].get(req.key.as_str()).copied());
-            let step = gcra::step(req.gcra, stored, now, req.cost);
+            let t = match touched.iter().position(|t| t.key == req.key) {
+                Some(t) => t,
+                None => {
+                    let tat = guards[g].get(req.key.as_str()).copied();
+                    touched.push(Touched {
+                        key: &req.key,
+                        shard: g,
+                        tat,
+                        clamped: false,
+                    });
+                    touched.len() - 1
+                }
+            };
+            let step = gcra::step(req.gcra, touched[t].tat, now, req.cost);
+            if let Some(tat) = step.clamped_tat_us {
+                touched[t].tat = Some(tat);
+                touched[t].clamped = true;
+            }
             if let Some(tat) = step.new_tat_us {
-                pending.push((&req.key, tat));
+                undo.push((t, touched[t].tat));
+                touched[t].tat = Some(tat);
             } else if req.enforced {
                 committed = false;
             }
             steps.push(step);
         }
-        if committed {
-            for ((req, &g), step) in batch.iter().zip(&shard_ids).zip(&steps) {
-                if let Some(tat) = step.new_tat_us {
-                    guards[g].insert(req.key.as_str().into(), tat);
-                }
+        if !committed {
+            for (t, tat) in undo.into_iter().rev() {
+                touched[t].tat = tat;
+            }
+        }
+        for t in touched {
+            if let (true, Some(tat)) = (committed || t.clamped, t.tat) {
+                guards[t.shard].insert(t.key.into(), tat);
+            }
+        }
+        // New keys that were not created after all (a denial, or a shadow limit over) give
+        // their room back.
+        for key in new_keys {
+            let shard = &guards[order
+                .binary_search(&counters.shard_of(key))
+                .unwrap_or_default()];
+            if !shard.contains_key(key) {
+                counters.key_count.give_back(key_owner(key));
             }
         }
         let keys = steps
@@ -127,6 +311,7 @@ impl MemoryStore {
             now_us: now,
             committed,
             keys,
+            key_limited: false,
         }
     }
 }
@@ -184,6 +369,10 @@ impl RateLimitStore for MemoryStore {
         }))
     }
 
+    async fn reset_counters(&self, key: &str, with_children: bool) -> Result<u64, StoreError> {
+        Ok(self.counters.reset(key, with_children))
+    }
+
     fn is_remote(&self) -> bool {
         false
     }
@@ -233,5 +422,88 @@ mod tests {
         assert!(matches!(out.keys[1].verdict, Verdict::Denied { .. }));
         // Nothing was taken: a single request still fits.
         assert!(store.decide_locked(&[req("k", 1)]).committed);
+    }
+
+    /// A store holding at most `per_owner` keys per tenant and `total` in all.
+    fn capped(clock: Arc<ManualClock>, per_owner: usize, total: usize) -> MemoryStore {
+        MemoryStore::with_clock_and_caps(clock, KeyCaps { per_owner, total })
+    }
+
+    fn key(tenant: &str, id: usize) -> String {
+        crate::keys::check_key(tenant, "search", &format!("user-{id}"))
+    }
+
+    #[test]
+    fn a_tenant_past_its_cap_gets_no_new_key_and_keeps_its_old_ones() {
+        let store = capped(Arc::new(ManualClock::new(1_000_000_000)), 3, 100);
+        for i in 0..3 {
+            let out = store.decide_locked(&[req(&key("a", i), 2)]);
+            assert!(out.committed && !out.key_limited);
+        }
+        let refused = store.decide_locked(&[req(&key("a", 3), 2)]);
+        assert!(refused.key_limited && !refused.committed);
+        assert_eq!(store.len(), 3, "the refused key was not created");
+        // The live counters are decided as before, never evicted: the second request fits the
+        // burst of 2, the third does not.
+        assert!(store.decide_locked(&[req(&key("a", 0), 2)]).committed);
+        let over = store.decide_locked(&[req(&key("a", 0), 2)]);
+        assert!(!over.key_limited);
+        assert!(matches!(over.keys[0].verdict, Verdict::Denied { .. }));
+        // Another tenant has its own share.
+        assert!(store.decide_locked(&[req(&key("b", 0), 2)]).committed);
+    }
+
+    #[test]
+    fn the_total_cap_holds_across_tenants() {
+        let store = capped(Arc::new(ManualClock::new(1_000_000_000)), 10, 4);
+        for (tenant, i) in [("a", 0), ("a", 1), ("b", 0), ("c", 0)] {
+            assert!(store.decide_locked(&[req(&key(tenant, i), 2)]).committed);
+        }
+        assert!(store.decide_locked(&[req(&key("d", 0), 2)]).key_limited);
+        assert!(store.decide_locked(&[req(&key("a", 2), 2)]).key_limited);
+        assert_eq!(store.len(), 4);
+    }
+
+    #[test]
+    fn a_batch_with_one_key_past_the_cap_creates_none() {
+        let store = capped(Arc::new(ManualClock::new(1_000_000_000)), 3, 100);
+        assert!(store.decide_locked(&[req(&key("a", 0), 2)]).committed);
+        let batch = [
+            req(&key("a", 1), 2),
+            req(&key("a", 2), 2),
+            req(&key("a", 3), 2),
+        ];
+        let out = store.decide_locked(&batch);
+        assert!(out.key_limited && !out.committed);
+        assert_eq!(store.len(), 1);
+        // The room the batch took for its first two keys was given back.
+        assert!(store.decide_locked(&batch[..2]).committed);
+        assert_eq!(store.len(), 3);
+    }
+
+    #[test]
+    fn keys_never_created_and_keys_swept_give_their_room_back() {
+        let clock = Arc::new(ManualClock::new(1_000_000_000));
+        let store = capped(clock.clone(), 2, 100);
+        // Costing more than the burst, the new key is denied and never stored.
+        let too_big = LimitRequest {
+            cost: 5,
+            ..req(&key("a", 0), 2)
+        };
+        for _ in 0..10 {
+            let out = store.decide_locked(std::slice::from_ref(&too_big));
+            assert!(!out.key_limited && !out.committed);
+        }
+        assert!(store.is_empty());
+        assert!(store.decide_locked(&[req(&key("a", 1), 2)]).committed);
+        assert!(store.decide_locked(&[req(&key("a", 2), 2)]).committed);
+        assert!(store.decide_locked(&[req(&key("a", 3), 2)]).key_limited);
+        // Once idle keys are swept their tenant may hold new ones.
+        clock.advance_us(1_000_000);
+        store.sweep();
+        assert!(store.is_empty());
+        assert!(store.decide_locked(&[req(&key("a", 3), 2)]).committed);
+        assert!(store.decide_locked(&[req(&key("a", 4), 2)]).committed);
+        assert!(store.decide_locked(&[req(&key("a", 5), 2)]).key_limited);
     }
 }

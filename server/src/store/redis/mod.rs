@@ -23,6 +23,8 @@ pub struct RedisStore {
     gcra: Arc<Script>,
     /// The Cluster-only compensation script.
     refund: Arc<Script>,
+    /// One step of forgetting a resource's counters (admin `ResetCounters`).
+    reset: Arc<Script>,
     /// The authentication store's scripts (users, lockout, sessions, audit; see `auth.rs`).
     auth: Arc<auth::AuthScripts>,
     /// Single node: concurrent decisions share script calls. `None` on a Cluster, where a
@@ -45,6 +47,7 @@ impl RedisStore {
             conn,
             gcra,
             refund: Arc::new(Script::new(include_str!("scripts/refund.lua"))),
+            reset: Arc::new(Script::new(include_str!("scripts/reset_counters.lua"))),
             auth: Arc::new(auth::AuthScripts::new()),
             batcher,
         })

@@ -18,6 +18,22 @@ const OVERRIDES_KEY: &str = "portcullis:limits";
 /// Bumped on every change so replicas poll one field instead of the whole hash.
 const VERSION_FIELD: &str = "\nversion";
 
+/// Keys a reset looks at per script call: large enough to be quick, small enough that one call
+/// never holds Redis for more than a few milliseconds.
+const RESET_SCAN_COUNT: u32 = 1000;
+
+/// `key` as a SCAN MATCH pattern matching itself only: ids may hold glob characters.
+fn glob_escaped(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    for c in key.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl RedisStore {
     /// Decides `requests` in order in one script call, each all or nothing, as the single-node
     /// queue does with the requests it gathers (on a Cluster, all their keys must share one
@@ -109,6 +125,7 @@ impl RedisStore {
                 .into_iter()
                 .map(|k| k.unwrap_or(DENIED_UNKNOWN))
                 .collect(),
+            key_limited: false,
         })
     }
 
@@ -219,6 +236,7 @@ fn parse_decisions(
             now_us,
             committed,
             keys,
+            key_limited: false,
         });
         at += 1 + 4 * n;
     }
@@ -335,6 +353,40 @@ impl RateLimitStore for RedisStore {
             version: snapshot_version,
             overrides,
         }))
+    }
+
+    async fn reset_counters(&self, key: &str, with_children: bool) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        let mut deleted: u64 = 0;
+        if with_children {
+            let pattern = format!("{}:*", glob_escaped(key));
+            let mut cursor = "0".to_owned();
+            loop {
+                let (next, n): (String, u64) = self
+                    .reset
+                    .key(key)
+                    .arg(&cursor)
+                    .arg(&pattern)
+                    .arg(RESET_SCAN_COUNT)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(store_error)?;
+                deleted += n;
+                if next == "0" {
+                    break;
+                }
+                cursor = next;
+            }
+        } else {
+            deleted = conn.del(key).await.map_err(store_error)?;
+        }
+        // Every replica reloads the overrides when their version moves, and clears its deny
+        // cache then, so no replica keeps answering a reset key from it.
+        let _: u64 = conn
+            .hincr(OVERRIDES_KEY, VERSION_FIELD, 1)
+            .await
+            .map_err(store_error)?;
+        Ok(deleted)
     }
 
     fn is_remote(&self) -> bool {

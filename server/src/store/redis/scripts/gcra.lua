@@ -21,6 +21,9 @@
 --   committed: 1 when no enforced limit was denied and every allowed cost was taken, else 0
 --              (nothing taken; allowed limits then report the state before the request).
 --
+-- A stored TAT further ahead than now + tau (left by an earlier policy of the key) is clamped
+-- to now + tau and stored so, as in the memory store.
+--
 -- TIME is the server's clock, so replica clock skew is irrelevant; since Redis 5 scripts
 -- replicate their effects, reading TIME before writing is safe. Every counter is read once
 -- (MGET) before anything is decided and written once (SET) after everything is: the requests
@@ -70,6 +73,18 @@ for _ = 1, tonumber(ARGV[1]) do
     -- A key named twice in one request sees its own pending update.
     local tat = tat_of[key]
     if tat < now then tat = now end
+    -- A TAT beyond now + tau was pushed there by an earlier, stricter policy: clamped, no
+    -- decision denies longer than this policy could. The clamp is stored whatever the request
+    -- decides (unstored, the far TAT would be clamped again on every call and never run out).
+    if tat > now + tau then
+      tat = now + tau
+      tat_of[key] = tat
+      if not is_changed[key] then
+        is_changed[key] = true
+        nchanged = nchanged + 1
+        changed[nchanged] = key
+      end
+    end
     local free = max(0, floor((tau - (tat - now)) / t))
     local base = head + 4 * (i - 1)
     if cost > burst then
