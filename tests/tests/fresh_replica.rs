@@ -101,9 +101,10 @@ async fn a_replica_that_cannot_read_the_revocation_feed_verifies_nothing() {
     let fresh_api = AuthApi::connect(&format!("http://{}", fresh.addr))
         .await
         .with_tenant(&api.tenant);
+    // A gRPC answer first: the server is serving, so its admin port is open.
+    assert_eq!(health(&fresh_api).await, ServingStatus::NotServing);
     assert_eq!(http_status(metrics, "/livez").await, 200);
     assert_eq!(http_status(metrics, "/readyz").await, 503);
-    assert_eq!(health(&fresh_api).await, ServingStatus::NotServing);
     for token in [&revoked.access_token, &live.access_token] {
         let status = refused(
             fresh_api.verify(token).await,
@@ -175,8 +176,8 @@ async fn a_replica_whose_feed_dropped_a_live_revocation_verifies_nothing() {
     let fresh_api = AuthApi::connect(&format!("http://{}", fresh.addr))
         .await
         .with_tenant(&api.tenant);
-    assert_eq!(http_status(metrics, "/readyz").await, 503);
     assert_eq!(health(&fresh_api).await, ServingStatus::NotServing);
+    assert_eq!(http_status(metrics, "/readyz").await, 503);
     refused(
         fresh_api.verify(&revoked.access_token).await,
         Code::Unavailable,
