@@ -66,6 +66,32 @@ fn invalid_settings_exit_2_naming_the_setting() {
     );
 }
 
+/// Before: an Envoy limit finer than a microsecond started without a word, and then every
+/// ShouldRateLimit for it was refused as the caller's INVALID_ARGUMENT. Now the start stops,
+/// naming the file, the descriptor path and the rule.
+#[test]
+fn an_unusable_envoy_limit_stops_the_start() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("limits.yaml");
+    std::fs::write(
+        &path,
+        "domain: edge\ndescriptors:\n  - key: client\n    value: c1\n    rate_limit: { unit: second, requests_per_unit: 1000000000 }\n",
+    )
+    .unwrap();
+    let out = portcullis(&["--envoy-config", path.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for part in [
+        "limits.yaml",
+        "descriptor client=c1",
+        "at most one per microsecond of the period",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+}
+
 #[test]
 fn redis_errors_never_show_the_password() {
     for args in [

@@ -129,6 +129,31 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
     }
 }
 
+/// Checks a paging cursor (`after_id`) before any store sees it: an audit event id as the
+/// stores give them out, `<n>` (memory) or `<n>-<n>` (a Redis stream id), each part a u64.
+/// Anything else is the caller's mistake, answered naming the field.
+pub fn check_event_id(field: &str, id: &str) -> Result<(), AuthError> {
+    let part = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok()
+    };
+    let valid = match id.split_once('-') {
+        None => part(id),
+        Some((ms, seq)) => part(ms) && part(seq),
+    };
+    if valid {
+        return Ok(());
+    }
+    Err(AuthError::InvalidArgument {
+        field: field.to_owned(),
+        reason: "must be an event id as a previous page's next_after_id gave it".to_owned(),
+    })
+}
+
+/// True for an event id nothing can come before (`0`, `0-0`): its page is empty.
+pub fn is_first_event_id(id: &str) -> bool {
+    id.split('-').all(|p| p.parse::<u64>() == Ok(0))
+}
+
 /// Whether `event` proves nothing about any account: a failure a caller without a valid
 /// credential can repeat at will (an unknown user, a forged or ended token, a refusal before
 /// any check such as a throttle or a lock). Such events are counted rather than stored one by
@@ -202,5 +227,39 @@ mod tests {
         assert_eq!(event.tenant_id.len(), keys::MAX_ID_LEN);
         assert!(!event.client_ip.contains('\n'), "{}", event.client_ip);
         assert_eq!(event.outcome, "success");
+    }
+
+    #[test]
+    fn event_ids_are_checked_before_the_store_sees_them() {
+        for good in [
+            "0",
+            "17",
+            "1733300000000-5",
+            "18446744073709551615-18446744073709551615",
+        ] {
+            assert!(check_event_id("after_id", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "abc",
+            "",
+            "-",
+            "1-",
+            "-1",
+            "1-2-3",
+            " 1",
+            "+1",
+            "18446744073709551616",
+            "1-18446744073709551616",
+            "(1-0",
+            "1\n0",
+        ] {
+            let e = check_event_id("after_id", bad).unwrap_err();
+            assert!(
+                matches!(&e, AuthError::InvalidArgument { field, .. } if field == "after_id"),
+                "{bad:?}: {e:?}"
+            );
+        }
+        assert!(is_first_event_id("0") && is_first_event_id("0-0"));
+        assert!(!is_first_event_id("0-1") && !is_first_event_id("1"));
     }
 }

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::audit::CallContext;
+use super::audit::{self, CallContext};
 use super::authenticator::{Authenticator, NewUser};
 use super::error::AuthError;
 use super::model::{AuditEvent, LockState, Session, UserRecord};
@@ -51,7 +51,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         action: &'static str,
         outcome: &'static str,
     ) {
-        let pending = super::audit::PendingAudit::new(ctx, tenant, action);
+        let pending = audit::PendingAudit::new(ctx, tenant, action);
         self.record(pending.finish_as(outcome)).await;
     }
 
@@ -223,7 +223,10 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         self.audited(ctx, tenant, "admin.list_audit_events", async |_| {
             require("tenant_id", tenant)?;
             if let Some(after) = after_id {
-                require("after_id", after)?;
+                audit::check_event_id("after_id", after)?;
+                if audit::is_first_event_id(after) {
+                    return Ok(Vec::new());
+                }
             }
             let limit = match limit {
                 0 => DEFAULT_AUDIT_PAGE,

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::policy::Limit;
+
 /// Rate-limit configuration in the envoyproxy/ratelimit YAML format, one tree of descriptors per domain.
 #[derive(Debug, Clone, Default)]
 pub struct EnvoyConfig {
@@ -426,6 +428,13 @@ fn build_limit(raw: RawRateLimit, shadow_mode: Option<bool>) -> Result<EnvoyLimi
                          hour, day, week, month or year)"
                     )
                 })?;
+                // Checked as any limit is, so that no request is ever refused for what only
+                // the file says (0 per unit is allowed: it blocks everything).
+                if requests_per_unit > 0 {
+                    Limit::new(u64::from(requests_per_unit), unit.period(), 0).map_err(|e| {
+                        format!("rate_limit of {requests_per_unit} per {unit_name}: {e}")
+                    })?;
+                }
                 Some(EnvoyRate {
                     requests_per_unit,
                     unit,
@@ -765,6 +774,27 @@ descriptors:
         );
         // The same value under different keys is fine.
         config("domain: edge\ndescriptors:\n  - key: a\n    value: x\n  - key: b\n    value: x\n");
+    }
+
+    /// Before: such a file loaded, and every ShouldRateLimit for the descriptor answered
+    /// INVALID_ARGUMENT about the request.
+    #[test]
+    fn a_limit_no_request_could_use_stops_the_load() {
+        let message = error(
+            "domain: edge\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        value: x\n        rate_limit: { unit: second, requests_per_unit: 1000000000 }\n",
+        );
+        assert_eq!(
+            message,
+            "bad.yaml: domain \"edge\": descriptor a > b=x: rate_limit of 1000000000 per second: \
+             rate: must be at most one per microsecond of the period"
+        );
+        // At the bound, and 0 (blocks everything), are fine.
+        config(
+            "domain: edge\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 1000000 }\n",
+        );
+        config(
+            "domain: edge\ndescriptors:\n  - key: a\n    rate_limit: { unit: second, requests_per_unit: 0 }\n",
+        );
     }
 
     #[test]

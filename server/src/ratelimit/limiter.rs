@@ -210,24 +210,35 @@ pub(super) fn count_decision(api: &'static str, outcome: &'static str) {
     metrics::counter!(RATELIMIT_DECISIONS, "api" => api, "outcome" => outcome).increment(1);
 }
 
-/// Logs store trouble once per incident instead of once per request.
+/// Logs store trouble once per incident instead of once per request: timeouts and lost
+/// connections alike, and errors the store answers with (refused authentication, `NOAUTH`,
+/// `WRONGPASS`, `OOM`, `READONLY`, script errors), which at production rates would otherwise
+/// bury the log. `portcullis_store_errors_total` still counts every failed call.
 #[derive(Debug, Default)]
 struct Incident {
     /// True from the first failure until the next success.
     open: AtomicBool,
-    /// Decisions made by the fail mode during the current incident.
+    /// Failed store calls during the current incident.
     failures: AtomicU64,
 }
 
 impl Incident {
     fn failure(&self, error: &StoreError, settings: &LimiterSettings) {
         self.failures.fetch_add(1, Ordering::Relaxed);
-        if !self.open.swap(true, Ordering::AcqRel) {
+        if self.open.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if error.transient {
             tracing::warn!(
                 error = %error,
                 check_fail_mode = ?settings.check_fail_mode,
                 envoy_fail_mode = ?settings.envoy_fail_mode,
                 "rate limit store unavailable; deciding by fail mode until it recovers"
+            );
+        } else {
+            tracing::error!(
+                error = %error,
+                "rate limit store refuses our calls; logged once until it answers again"
             );
         }
     }
@@ -578,7 +589,7 @@ impl<S: RateLimitStore> Limiter<S> {
                 Err(RateLimitError::StoreUnavailable(e))
             }
             Err(e) => {
-                tracing::error!(error = %e, "rate limit store error");
+                self.incident.failure(&e, &self.settings);
                 Err(RateLimitError::Store(e))
             }
         }

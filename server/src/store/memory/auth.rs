@@ -614,9 +614,13 @@ impl AuthStore for MemoryStore {
     ) -> Result<Vec<AuditEvent>, StoreError> {
         let before = match after_id {
             None => u64::MAX,
+            // The memory store's ids are sequence numbers; a Redis-style `n-m` cursor (the
+            // domain accepts both forms) pages from `n`.
             Some(id) => id
-                .parse::<u64>()
-                .map_err(|_| StoreError::permanent("malformed audit event id"))?,
+                .split('-')
+                .next()
+                .and_then(|seq| seq.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::permanent("malformed audit event id"))?,
         };
         let state = self.auth.state.lock();
         Ok(state

@@ -157,12 +157,14 @@ fn pairs(flat: &[String]) -> HashMap<String, String> {
 
 /// True for a stream id `<ms>-<seq>`, so a malformed cursor is our error, not Redis's.
 fn is_stream_id(id: &str) -> bool {
-    id.split_once('-').is_some_and(|(ms, seq)| {
-        !ms.is_empty()
-            && !seq.is_empty()
-            && ms.bytes().all(|b| b.is_ascii_digit())
-            && seq.bytes().all(|b| b.is_ascii_digit())
-    })
+    let number = |p: &str| {
+        !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok()
+    };
+    match id.split_once('-') {
+        // A plain `n` is `n-0` to Redis.
+        None => number(id),
+        Some((ms, seq)) => number(ms) && number(seq),
+    }
 }
 
 /// A stream entry as XRANGE returns it: id, then flat fields.
@@ -900,7 +902,8 @@ mod tests {
     #[test]
     fn stream_ids_are_validated() {
         assert!(is_stream_id("1700000000000-0"));
-        assert!(!is_stream_id("1700000000000"));
+        assert!(is_stream_id("1700000000000"), "n is n-0 to Redis");
+        assert!(!is_stream_id("18446744073709551616-0"));
         assert!(!is_stream_id("-0"));
         assert!(!is_stream_id("1-2 +"));
         assert!(!is_stream_id("+"));
