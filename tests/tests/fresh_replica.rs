@@ -101,9 +101,10 @@ async fn a_replica_that_cannot_read_the_revocation_feed_verifies_nothing() {
     let fresh_api = AuthApi::connect(&format!("http://{}", fresh.addr))
         .await
         .with_tenant(&api.tenant);
+    // A gRPC answer first: the server is serving, so its admin port is open.
+    assert_eq!(health(&fresh_api).await, ServingStatus::NotServing);
     assert_eq!(http_status(metrics, "/livez").await, 200);
     assert_eq!(http_status(metrics, "/readyz").await, 503);
-    assert_eq!(health(&fresh_api).await, ServingStatus::NotServing);
     for token in [&revoked.access_token, &live.access_token] {
         let status = refused(
             fresh_api.verify(token).await,
@@ -138,4 +139,54 @@ async fn a_replica_that_cannot_read_the_revocation_feed_verifies_nothing() {
     );
     let claims: pb::VerifyTokenResponse = fresh_api.verify(&live.access_token).await.unwrap();
     assert_eq!(claims.session_id, live.session_id);
+}
+
+/// The feed drops its oldest entries to stay bounded (100,000, far more than an access token's
+/// lifetime normally sees). A fresh replica whose feed has dropped a revocation younger than a
+/// token's lifetime cannot know that session ended, so it verifies no token until such tokens
+/// have expired. The trim is made by hand here (Redis 7 reports what it dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_feed_dropped_a_live_revocation_verifies_nothing() {
+    let redis = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap();
+    let url = redis.url();
+    let older = replica(&url, SocketAddr::from(([127, 0, 0, 1], free_port())), &[]).await;
+    let api = AuthApi::connect(&format!("http://{}", older.addr)).await;
+    api.create_user("sam", PASSWORD, &["reader"], Some(false))
+        .await;
+    let revoked = api.login("sam", PASSWORD).await.unwrap();
+    assert!(api.logout("", &revoked.access_token).await.unwrap().revoked);
+    // The older replica reads the revocation from the feed before it is dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while api.verify(&revoked.access_token).await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the older replica never saw the logout"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        redis.cli(&["XTRIM", "auth:revocations", "MAXLEN", "0"]),
+        "1"
+    );
+
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let fresh = replica(&url, metrics, &[]).await;
+    let fresh_api = AuthApi::connect(&format!("http://{}", fresh.addr))
+        .await
+        .with_tenant(&api.tenant);
+    assert_eq!(health(&fresh_api).await, ServingStatus::NotServing);
+    assert_eq!(http_status(metrics, "/readyz").await, 503);
+    refused(
+        fresh_api.verify(&revoked.access_token).await,
+        Code::Unavailable,
+        "REVOCATIONS_NOT_LOADED",
+    );
+    // The older replica still knows.
+    refused(
+        api.verify(&revoked.access_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
 }

@@ -11,7 +11,7 @@ use super::client_ip::parse_client_ip;
 
 /// Peers the log tallies one by one per window; the failures of further peers are tallied
 /// together, so a flood from many addresses cannot grow the tally without bound.
-const MAX_TALLIED_PEERS: usize = 10_000;
+const MAX_TALLIED_PEERS: usize = 1_000;
 
 /// Peers this replica refuses without comparing, at most; past it a throttled peer is still
 /// refused by the shared throttle on its next failure, only compared once more first.

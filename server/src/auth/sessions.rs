@@ -12,11 +12,11 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use super::audit::CallContext;
-use super::authenticator::{Authenticator, random_token, unix_now};
+use super::authenticator::{Authenticator, random_token, unix_now, unix_now_ms};
 use super::error::AuthError;
 use super::model::{EndOutcome, OpenOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
-use super::store::{AuthStore, REVOCATIONS_BATCH};
+use super::store::{AuthStore, REVOCATIONS_BATCH, StoreError};
 use super::token_demands::{API_SCOPE, PASSWORD_CHANGE_SCOPE, TokenDemands};
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
 use crate::keys::{self, hex};
@@ -267,9 +267,9 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
 
     /// Reads new revocations from the store's feed, one batch; every replica calls this often
     /// (the interval bounds how long a revoked session's access tokens keep verifying
-    /// elsewhere). The first poll starts at the feed's oldest entry, which the store keeps far
-    /// longer than an access token lives; the first batch that is not full marks the feed
-    /// loaded, and only then are tokens verified.
+    /// elsewhere). The first poll starts at the feed's oldest entry; the first batch that is
+    /// not full marks the feed loaded, if the feed has dropped no revocation of a token that
+    /// may still be valid, and only then are tokens verified.
     pub async fn poll_revocations(&self) -> Result<usize, AuthError> {
         let mut cursor = self.revocations.cursor.lock().await;
         let (revoked, next) = self.store.revocations_since(cursor.as_deref()).await?;
@@ -284,10 +284,28 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         self.revocations
             .revoked
             .retain(|_, (_, until)| *until > now);
-        if count < REVOCATIONS_BATCH {
+        if count < REVOCATIONS_BATCH && !self.revocations.loaded.load(Ordering::Acquire) {
+            self.check_feed_covers_live_tokens().await?;
             self.revocations.loaded.store(true, Ordering::Release);
         }
         Ok(count)
+    }
+
+    /// Whether the feed, read from its start, still holds every revocation whose session's
+    /// access tokens may be valid: it drops its oldest entries to stay bounded, and a dropped
+    /// revocation younger than a token's lifetime leaves this replica blind to that session
+    /// until the tokens have expired.
+    async fn check_feed_covers_live_tokens(&self) -> Result<(), AuthError> {
+        let dropped_ms = self.store.revocations_dropped_until_ms().await?;
+        let live_ms =
+            u64::try_from((self.settings.access_ttl + LEEWAY).as_millis()).unwrap_or(u64::MAX);
+        if dropped_ms.saturating_add(live_ms) > unix_now_ms() {
+            return Err(AuthError::Store(StoreError::transient(
+                "the revocation feed has dropped revocations of access tokens that may still be \
+                 valid; verifying no token until they have expired",
+            )));
+        }
+        Ok(())
     }
 
     /// Reads the revocation feed up to its end, a batch at a time.
@@ -311,7 +329,8 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
     ) {
         let messages = OutageMessages {
             failing: "cannot read the revocation feed; sessions revoked through other \
-                      replicas may verify here until it recovers",
+                      replicas may verify here until it recovers (until it is first read, no \
+                      token verifies here)",
             recovered: "revocation feed reachable again",
         };
         run_every(Duration::ZERO, every, stop, messages, || {

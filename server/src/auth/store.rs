@@ -185,6 +185,11 @@ pub trait AuthStore: Send + Sync + 'static {
         cursor: Option<&str>,
     ) -> impl Future<Output = Result<(Vec<(String, String)>, String), StoreError>> + Send;
 
+    /// Unix ms of the newest revocation the feed has dropped to stay bounded, 0 when none (or
+    /// when the store cannot tell): a replica that reads the feed from its start has missed
+    /// every revocation up to then, and the sessions' access tokens may still be valid.
+    fn revocations_dropped_until_ms(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
     /// Appends an event (its `id` is ignored) to its tenant's log, dropping events older than
     /// `retention_days`; returns the id assigned, ordered by append time.
     fn append_audit(

@@ -373,6 +373,31 @@ mod tests {
         );
         assert_eq!(a.settings.audit_retention_days, 365);
         assert!(!a.settings.reveal_lockout);
+        let admin = a.settings.admin_failure_limit;
+        assert_eq!(
+            (admin.rate(), admin.period()),
+            (10, Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn admin_failure_limit_from_the_file_or_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, "[auth]\nadmin_failure_limit = \"3/1h\"\n").unwrap();
+        let admin = load(&["--config", p], &[])
+            .unwrap()
+            .auth
+            .settings
+            .admin_failure_limit;
+        assert_eq!(
+            (admin.rate(), admin.period()),
+            (3, Duration::from_secs(3600))
+        );
+        std::fs::write(&path, "[auth]\nadmin_failure_limit = \"lots\"\n").unwrap();
+        let e = load(&["--config", p], &[]).unwrap_err().to_string();
+        assert!(e.contains("auth.admin_failure_limit"), "{e}");
     }
 
     #[test]

@@ -259,6 +259,10 @@ impl AuthStore for AnyStore {
         delegate!(self, revocations_since(cursor))
     }
 
+    async fn revocations_dropped_until_ms(&self) -> Result<u64, StoreError> {
+        delegate!(self, revocations_dropped_until_ms())
+    }
+
     async fn append_audit(
         &self,
         event: &AuditEvent,

@@ -577,6 +577,12 @@ impl AuthStore for MemoryStore {
         Ok((out, last.to_string()))
     }
 
+    async fn revocations_dropped_until_ms(&self) -> Result<u64, StoreError> {
+        // The feed lives in the process that reads it, and is first read before the service
+        // takes a call: nothing can have been published, let alone dropped, before that.
+        Ok(0)
+    }
+
     async fn append_audit(
         &self,
         event: &AuditEvent,

@@ -170,6 +170,44 @@ fn is_stream_id(id: &str) -> bool {
 /// A stream entry as XRANGE returns it: id, then flat fields.
 type StreamEntry = (String, Vec<String>);
 
+/// From an `XINFO STREAM` answer (RESP2 pairs or a RESP3 map): when entries were ever
+/// dropped (`entries-added` exceeds `length`), a bound on the newest dropped one, in Unix ms:
+/// the first entry kept (every dropped one is older), or the last one added when none is kept.
+/// 0 when none was dropped, and before Redis 7, which does not count what was added.
+fn dropped_until_ms(info: &redis::Value) -> u64 {
+    use redis::Value;
+    let pairs: Vec<(&Value, &Value)> = match info {
+        Value::Array(items) => items.chunks_exact(2).map(|c| (&c[0], &c[1])).collect(),
+        Value::Map(entries) => entries.iter().map(|(k, v)| (k, v)).collect(),
+        _ => Vec::new(),
+    };
+    let field = |name: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| redis::from_redis_value_ref::<String>(k).ok().as_deref() == Some(name))
+            .map(|(_, v)| *v)
+    };
+    let number = |name: &str| field(name).and_then(|v| redis::from_redis_value_ref::<u64>(v).ok());
+    let id_ms = |name: &str| {
+        field(name)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+            .and_then(|id| {
+                id.split_once('-')
+                    .and_then(|(ms, _)| ms.parse::<u64>().ok())
+            })
+    };
+    let (Some(added), Some(length)) = (number("entries-added"), number("length")) else {
+        return 0;
+    };
+    if added <= length {
+        return 0;
+    }
+    id_ms("recorded-first-entry-id")
+        .filter(|ms| *ms > 0)
+        .or_else(|| id_ms("last-generated-id"))
+        .unwrap_or(u64::MAX)
+}
+
 fn audit_from_entry((id, fields): StreamEntry) -> Result<AuditEvent, StoreError> {
     let fields = pairs(&fields);
     let json = fields
@@ -722,6 +760,21 @@ impl AuthStore for RedisStore {
             }
         }
         Ok((out, next))
+    }
+
+    async fn revocations_dropped_until_ms(&self) -> Result<u64, StoreError> {
+        let info: redis::Value = match redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(REVOCATIONS_KEY)
+            .query_async(&mut self.conn.clone())
+            .await
+        {
+            Ok(info) => info,
+            // No revocation was ever published (or the stream expired): nothing dropped.
+            Err(e) if e.to_string().contains("no such key") => return Ok(0),
+            Err(e) => return Err(store_error(e)),
+        };
+        Ok(dropped_until_ms(&info))
     }
 
     async fn append_audit(
