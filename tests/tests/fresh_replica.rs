@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use portcullis_client::pb;
 use portcullis_tests::auth::{AuthApi, reason, refused, retry_delay};
-use portcullis_tests::harness::{RedisServer, free_port};
+use portcullis_tests::harness::{RedisServer, free_port, http_get};
 use portcullis_tests::server::{Backend, JWT_SECRET, TestServer};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -27,16 +26,7 @@ const FRESH_PASSWORD: &str = "fresh-replica-password-5d2e";
 
 /// The status code of a GET of `path` on the admin HTTP port.
 async fn http_status(addr: SocketAddr, path: &str) -> u16 {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0)
+    http_get(addr, path).await.0
 }
 
 /// What gRPC health says of the whole server.

@@ -100,7 +100,9 @@ impl Drop for Registration {
         // Only our own entry: a new connection on the same addresses may have replaced it.
         self.registry
             .connections
-            .remove_if(&self.key, |_, activity| Arc::ptr_eq(activity, &self.activity));
+            .remove_if(&self.key, |_, activity| {
+                Arc::ptr_eq(activity, &self.activity)
+            });
     }
 }
 
