@@ -86,9 +86,33 @@ fn an_unusable_envoy_limit_stops_the_start() {
     for part in [
         "limits.yaml",
         "descriptor client=c1",
+        "descriptors[0].rate_limit",
         "at most one per microsecond of the period",
     ] {
         assert!(err.contains(part), "{part:?} missing from: {err}");
+    }
+}
+
+/// A `[[limits.override]]` of the TOML file that no request could use stops the start too,
+/// naming the file, the entry and the rule.
+#[test]
+fn an_unusable_file_limit_names_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &toml,
+        "[[limits.override]]\ntenant = \"acme\"\nrate = 2000\nperiod = \"1ms\"\n",
+    )
+    .unwrap();
+    let out = portcullis(&["--config", toml.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    for part in [
+        toml.to_str().unwrap(),
+        "limits.override[0].rate",
+        "must be at most one per microsecond of the period",
+    ] {
+        assert!(err.contains(part), "{part:?} missing from {err}");
     }
 }
 

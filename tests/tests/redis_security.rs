@@ -219,6 +219,13 @@ async fn a_store_that_refuses_us_is_logged_once_per_incident() {
         lines_after_start,
         "refused calls kept writing lines:\n{log}"
     );
+    // The start names the kind of failure.
+    assert!(
+        log.lines()
+            .any(|l| l.contains("rate limit store refuses our calls")
+                && l.contains("\"kind\":\"authentication refused\"")),
+        "no line naming the refused authentication:\n{log}"
+    );
     let (_, page) = http_get(server.metrics_addr().unwrap(), "/metrics").await;
     let counted: f64 = page
         .lines()
@@ -293,6 +300,11 @@ async fn a_store_that_refuses_us_is_logged_once_per_incident() {
         store_lines(&log),
         before + 1,
         "one line for the refusals:\n{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("rate limit store refuses") && l.contains("\"kind\":\"OOM\"")),
+        "no line naming OOM:\n{log}"
     );
     let ended = log
         .lines()

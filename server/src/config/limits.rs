@@ -35,6 +35,9 @@ pub(super) struct LimitsSection {
     default: Option<LimitSpec>,
     #[serde(default, rename = "override")]
     overrides: Vec<OverrideSpec>,
+    /// `config file <path>`, set by the loader, so an invalid limit names the file it is in.
+    #[serde(skip)]
+    pub(super) origin: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,6 +89,11 @@ impl ResolvedLimits {
         policy_refresh: Option<String>,
         env: &dyn EnvSource,
     ) -> Result<Self, ConfigError> {
+        // A file's limits are named by their TOML path, after the file's own name.
+        let in_file = |at: String| match &file.origin {
+            Some(origin) => format!("{origin}: {at}"),
+            None => at,
+        };
         let file_default = file.default.map(|d| (d.rate, d.period, d.burst));
         // The file's default is a table, so it comes between the variable and the default.
         let spec = |(spec, origin): (String, String)| {
@@ -97,14 +105,14 @@ impl ResolvedLimits {
         ) {
             (Some(given), _) => spec(given)?,
             (None, Some((rate, period, burst))) => {
-                file_limit("limits.default", rate, &period, burst)?
+                file_limit(&in_file("limits.default".into()), rate, &period, burst)?
             }
             (None, None) => spec(DEFAULT_LIMIT.default_value())?,
         };
 
         let mut overrides = Vec::with_capacity(file.overrides.len());
         for (i, o) in file.overrides.into_iter().enumerate() {
-            let at = format!("limits.override[{i}]");
+            let at = in_file(format!("limits.override[{i}]"));
             keys::validate_id("tenant", &o.tenant, true).map_err(|e| invalid(&at, e))?;
             if let Some(r) = &o.resource {
                 keys::validate_id("resource", r, true).map_err(|e| invalid(&at, e))?;

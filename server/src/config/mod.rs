@@ -233,7 +233,11 @@ impl Config {
             .clone()
             .or_else(|| env.non_empty(settings::CONFIG.env).map(PathBuf::from));
         let file = match &config_path {
-            Some(path) => read_file(path)?,
+            Some(path) => {
+                let mut file = read_file(path)?;
+                file.limits.origin = Some(format!("config file {}", path.display()));
+                file
+            }
             None => FileConfig::default(),
         };
         Self::resolve(flags, file, env)

@@ -208,8 +208,12 @@ impl EnvoyConfig {
                 )));
             }
             let mut path = Vec::new();
-            let level = build_level(raw.descriptors.unwrap_or_default(), &mut path)
-                .map_err(|message| invalid(format!("domain \"{domain}\": {message}")))?;
+            let level = build_level(
+                raw.descriptors.unwrap_or_default(),
+                &mut path,
+                "descriptors",
+            )
+            .map_err(|message| invalid(format!("domain \"{domain}\": {message}")))?;
             origins.insert(domain.clone(), origin);
             domains.insert(domain, level);
         }
@@ -348,10 +352,16 @@ struct RawRateLimit {
     name: Option<String>,
 }
 
-/// Builds one level; `path` holds the `key=value` labels of the ancestors, for error messages.
-fn build_level(raw: Vec<RawDescriptor>, path: &mut Vec<String>) -> Result<Level, String> {
+/// Builds one level; `path` holds the `key=value` labels of the ancestors and `yaml` the YAML
+/// path of this level's list (e.g. `descriptors[0].descriptors`), for error messages.
+fn build_level(
+    raw: Vec<RawDescriptor>,
+    path: &mut Vec<String>,
+    yaml: &str,
+) -> Result<Level, String> {
     let mut level = Level::default();
-    for desc in raw {
+    for (index, desc) in raw.into_iter().enumerate() {
+        let yaml = format!("{yaml}[{index}]");
         let value = desc.value.unwrap_or_default();
         if desc.key.is_empty() {
             return Err(if path.is_empty() {
@@ -370,11 +380,19 @@ fn build_level(raw: Vec<RawDescriptor>, path: &mut Vec<String>) -> Result<Level,
         });
         let limit = match desc.rate_limit {
             Some(rate_limit) => {
-                Some(build_limit(rate_limit, desc.shadow_mode).map_err(|msg| at(path, &msg))?)
+                let yaml = format!("{yaml}.rate_limit");
+                Some(
+                    build_limit(rate_limit, desc.shadow_mode, &yaml)
+                        .map_err(|msg| at(path, &msg))?,
+                )
             }
             None => None,
         };
-        let children = build_level(desc.descriptors.unwrap_or_default(), path)?;
+        let children = build_level(
+            desc.descriptors.unwrap_or_default(),
+            path,
+            &format!("{yaml}.descriptors"),
+        )?;
         let node = Node { limit, children };
         let siblings = level.by_key.entry(desc.key).or_default();
         let duplicate = if value.is_empty() {
@@ -406,7 +424,12 @@ fn at(path: &[String], message: &str) -> String {
     format!("descriptor {}: {message}", path.join(" > "))
 }
 
-fn build_limit(raw: RawRateLimit, shadow_mode: Option<bool>) -> Result<EnvoyLimit, String> {
+/// Reads one `rate_limit` entry, found at the YAML path `yaml`.
+fn build_limit(
+    raw: RawRateLimit,
+    shadow_mode: Option<bool>,
+    yaml: &str,
+) -> Result<EnvoyLimit, String> {
     let rate = if raw.unlimited.unwrap_or(false) {
         match (&raw.unit, raw.requests_per_unit) {
             (None, None) => None,
@@ -432,7 +455,7 @@ fn build_limit(raw: RawRateLimit, shadow_mode: Option<bool>) -> Result<EnvoyLimi
                 // the file says (0 per unit is allowed: it blocks everything).
                 if requests_per_unit > 0 {
                     Limit::new(u64::from(requests_per_unit), unit.period(), 0).map_err(|e| {
-                        format!("rate_limit of {requests_per_unit} per {unit_name}: {e}")
+                        format!("{yaml}: {requests_per_unit} per {unit_name}: {}", e.reason)
                     })?;
                 }
                 Some(EnvoyRate {
@@ -781,12 +804,13 @@ descriptors:
     #[test]
     fn a_limit_no_request_could_use_stops_the_load() {
         let message = error(
-            "domain: edge\ndescriptors:\n  - key: a\n    descriptors:\n      - key: b\n        value: x\n        rate_limit: { unit: second, requests_per_unit: 1000000000 }\n",
+            "domain: edge\ndescriptors:\n  - key: z\n  - key: a\n    descriptors:\n      - key: c\n      - key: b\n        value: x\n        rate_limit: { unit: second, requests_per_unit: 1000000000 }\n",
         );
+        // The descriptor by its keys and values, and the entry by its YAML path.
         assert_eq!(
             message,
-            "bad.yaml: domain \"edge\": descriptor a > b=x: rate_limit of 1000000000 per second: \
-             rate: must be at most one per microsecond of the period"
+            "bad.yaml: domain \"edge\": descriptor a > b=x: descriptors[1].descriptors[1].rate_limit: \
+             1000000000 per second: must be at most one per microsecond of the period"
         );
         // At the bound, and 0 (blocks everything), are fine.
         config(

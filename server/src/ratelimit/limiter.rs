@@ -228,8 +228,10 @@ impl Incident {
         if self.open.swap(true, Ordering::AcqRel) {
             return;
         }
+        // The kind (e.g. `WRONGPASS`, `OOM`, `timeout`) is what an operator searches for.
         if error.transient {
             tracing::warn!(
+                kind = error.kind,
                 error = %error,
                 check_fail_mode = ?settings.check_fail_mode,
                 envoy_fail_mode = ?settings.envoy_fail_mode,
@@ -237,6 +239,7 @@ impl Incident {
             );
         } else {
             tracing::error!(
+                kind = error.kind,
                 error = %error,
                 "rate limit store refuses our calls; logged once until it answers again"
             );
@@ -577,7 +580,8 @@ impl<S: RateLimitStore> Limiter<S> {
             Err(_) => Err(StoreError::transient(format!(
                 "no answer within {}",
                 humantime::format_duration(self.settings.store_timeout)
-            ))),
+            ))
+            .with_kind("timeout")),
         };
         match result {
             Ok(v) => {

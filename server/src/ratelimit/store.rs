@@ -44,6 +44,10 @@ pub struct StoreError {
     pub message: String,
     /// True for timeouts and connection loss; false for protocol or data errors.
     pub transient: bool,
+    /// A short name for the sort of failure (`timeout`, `unavailable`, `error`, or what the
+    /// store knows better, e.g. Redis's `WRONGPASS` or `OOM`): the log names it once per
+    /// incident rather than repeating every message.
+    pub kind: &'static str,
 }
 
 impl StoreError {
@@ -52,6 +56,7 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: true,
+            kind: "unavailable",
         }
     }
 
@@ -60,7 +65,14 @@ impl StoreError {
         Self {
             message: message.into(),
             transient: false,
+            kind: "error",
         }
+    }
+
+    /// The same failure, named `kind`.
+    #[must_use]
+    pub fn with_kind(self, kind: &'static str) -> Self {
+        Self { kind, ..self }
     }
 }
 

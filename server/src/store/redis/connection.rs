@@ -217,12 +217,64 @@ pub(super) fn store_error(e: redis::RedisError) -> StoreError {
     StoreError {
         message: e.to_string(),
         transient,
+        kind: failure_kind(&e),
+    }
+}
+
+/// The sort of a Redis failure, for the log: the server's error code when it is one an
+/// operator acts on, else what went wrong on the way.
+fn failure_kind(e: &redis::RedisError) -> &'static str {
+    const CODES: [&str; 8] = [
+        "NOAUTH",
+        "WRONGPASS",
+        "NOPERM",
+        "OOM",
+        "READONLY",
+        "MASTERDOWN",
+        "BUSY",
+        "NOSCRIPT",
+    ];
+    if let Some(code) = e
+        .code()
+        .and_then(|code| CODES.into_iter().find(|c| *c == code))
+    {
+        return code;
+    }
+    if matches!(e.kind(), redis::ErrorKind::AuthenticationFailed) {
+        "authentication refused"
+    } else if e.is_timeout() {
+        "timeout"
+    } else if e.is_connection_refusal() {
+        "connection refused"
+    } else if e.is_io_error() || e.is_connection_dropped() {
+        "connection lost"
+    } else if e.to_string().contains("script") {
+        "script error"
+    } else {
+        "redis error"
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_are_named_by_kind() {
+        let refused = redis::RedisError::from((redis::ErrorKind::AuthenticationFailed, "no"));
+        assert_eq!(store_error(refused).kind, "authentication refused");
+        let closed = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let closed = store_error(redis::RedisError::from(closed));
+        assert_eq!(
+            (closed.kind, closed.transient),
+            ("connection refused", true)
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            store_error(redis::RedisError::from(reset)).kind,
+            "connection lost"
+        );
+    }
 
     #[test]
     fn urls_lose_their_credentials() {
