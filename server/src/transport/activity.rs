@@ -28,6 +28,8 @@ pub struct Registry {
 /// One connection's calls in flight.
 #[derive(Debug)]
 struct Activity {
+    /// The registry's epoch, so a call's guard needs only this.
+    epoch: Instant,
     /// Calls in flight.
     calls: AtomicU64,
     /// When the last call ended (or the connection opened), in nanoseconds since the epoch.
@@ -51,6 +53,7 @@ impl Registry {
     /// dropped (with the connection).
     pub fn register(self: &Arc<Self>, local: SocketAddr, remote: SocketAddr) -> Registration {
         let activity = Arc::new(Activity {
+            epoch: self.epoch,
             calls: AtomicU64::new(0),
             idle_since: AtomicU64::new(self.nanos(Instant::now())),
         });
@@ -109,13 +112,14 @@ impl Drop for Registration {
 /// Holds one call in a connection's count until dropped.
 #[derive(Debug)]
 struct CallGuard {
-    registry: Arc<Registry>,
     activity: Arc<Activity>,
 }
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
-        let now = self.registry.nanos(Instant::now());
+        let now = Instant::now()
+            .saturating_duration_since(self.activity.epoch)
+            .as_nanos() as u64;
         self.activity.idle_since.store(now, Ordering::Release);
         self.activity.calls.fetch_sub(1, Ordering::AcqRel);
     }
@@ -175,10 +179,7 @@ where
             .and_then(|key| self.registry.connections.get(&key).map(|a| a.clone()))
             .map(|activity| {
                 activity.calls.fetch_add(1, Ordering::AcqRel);
-                CallGuard {
-                    registry: self.registry.clone(),
-                    activity,
-                }
+                CallGuard { activity }
             });
         Counted {
             inner: self.inner.call(request),
@@ -218,10 +219,7 @@ mod tests {
         let opened = registration.idle_since().unwrap();
         let activity = registry.connections.get(&(a, b)).unwrap().clone();
         activity.calls.fetch_add(1, Ordering::AcqRel);
-        let guard = CallGuard {
-            registry: registry.clone(),
-            activity,
-        };
+        let guard = CallGuard { activity };
         assert_eq!(registration.idle_since(), None, "a call is in flight");
         std::thread::sleep(Duration::from_millis(2));
         drop(guard);

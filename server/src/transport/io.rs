@@ -90,26 +90,29 @@ impl Watch {
     }
 
     /// True when the connection is due to close: silent past its deadline, or with no call in
-    /// flight for the idle timeout. Otherwise arms the timer to look again.
+    /// flight for the idle timeout. The timer is always armed no later than the next deadline,
+    /// so until it fires nothing is read, not even the clock: a busy connection pays one timer
+    /// poll per pending read.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.timer.as_mut().poll(cx).is_pending() {
+            return false;
+        }
         let now = Instant::now();
         let deadline = if self.preface_left > 0 {
             self.silent_deadline
         } else {
             match self.registration.idle_since() {
                 Some(since) => Instant::from_std(since) + self.idle_timeout,
-                // Calls in flight: look again one idle timeout from now.
+                // Calls in flight: they end no earlier than now, so idleness cannot end
+                // before one idle timeout from now; look again then.
                 None => now + self.idle_timeout,
             }
         };
         if now >= deadline {
             return true;
         }
-        // Re-arm only when the timer has fired or would fire late: a busy connection touches
-        // the timer once per idle timeout, not once per read.
-        if self.timer.deadline() <= now || self.timer.deadline() > deadline {
-            self.timer.as_mut().reset(deadline);
-        }
+        self.timer.as_mut().reset(deadline);
+        // Registers the waker for the new deadline (it has not passed, so this is pending).
         self.timer.as_mut().poll(cx).is_ready()
     }
 }

@@ -57,6 +57,8 @@ struct Touched<'a> {
     tat: Option<u64>,
     /// A clamp was applied: the TAT is stored even if the batch does not commit.
     clamped: bool,
+    /// The store held no TAT for the key: it took room under the key caps.
+    new: bool,
 }
 
 /// How many keys the memory store may hold.
@@ -224,27 +226,6 @@ impl MemoryStore {
         for id in &mut shard_ids {
             *id = order.binary_search(id).unwrap_or_default();
         }
-        // Room for the keys the store does not hold yet, before anything is decided: a batch
-        // with a key past its cap decides nothing.
-        let mut new_keys: Vec<&str> = Vec::new();
-        for (req, &g) in batch.iter().zip(&shard_ids) {
-            let key = req.key.as_str();
-            if guards[g].contains_key(key) || new_keys.contains(&key) {
-                continue;
-            }
-            if !counters.key_count.take(key_owner(key)) {
-                for key in new_keys {
-                    counters.key_count.give_back(key_owner(key));
-                }
-                return BatchOutcome {
-                    now_us: self.clock.now_us(),
-                    committed: false,
-                    keys: vec![KEY_LIMITED; batch.len()],
-                    key_limited: true,
-                };
-            }
-            new_keys.push(key);
-        }
         let now = self.clock.now_us();
         // The keys this batch touches, each once, with its TAT as the batch goes: a key named
         // twice sees its own pending update. As in the Lua script, a clamp (see gcra.rs) stands
@@ -258,11 +239,25 @@ impl MemoryStore {
                 Some(t) => t,
                 None => {
                     let tat = guards[g].get(req.key.as_str()).copied();
+                    // Room for a key the store does not hold yet, before anything is stored:
+                    // a batch with a key past its cap decides (and stores) nothing.
+                    if tat.is_none() && !counters.key_count.take(key_owner(&req.key)) {
+                        for t in touched.iter().filter(|t| t.new) {
+                            counters.key_count.give_back(key_owner(t.key));
+                        }
+                        return BatchOutcome {
+                            now_us: now,
+                            committed: false,
+                            keys: vec![KEY_LIMITED; batch.len()],
+                            key_limited: true,
+                        };
+                    }
                     touched.push(Touched {
                         key: &req.key,
                         shard: g,
                         tat,
                         clamped: false,
+                        new: tat.is_none(),
                     });
                     touched.len() - 1
                 }
@@ -286,18 +281,14 @@ impl MemoryStore {
             }
         }
         for t in touched {
-            if let (true, Some(tat)) = (committed || t.clamped, t.tat) {
-                guards[t.shard].insert(t.key.into(), tat);
-            }
-        }
-        // New keys that were not created after all (a denial, or a shadow limit over) give
-        // their room back.
-        for key in new_keys {
-            let shard = &guards[order
-                .binary_search(&counters.shard_of(key))
-                .unwrap_or_default()];
-            if !shard.contains_key(key) {
-                counters.key_count.give_back(key_owner(key));
+            match (committed || t.clamped, t.tat) {
+                (true, Some(tat)) => {
+                    guards[t.shard].insert(t.key.into(), tat);
+                }
+                // A new key that was not created after all (a denial, or a shadow limit over)
+                // gives its room back.
+                _ if t.new => counters.key_count.give_back(key_owner(t.key)),
+                _ => {}
             }
         }
         let keys = steps
