@@ -374,7 +374,7 @@ async fn serve(
         tls,
         handshake_timeout: config.tls.handshake_timeout,
     });
-    let incoming = transport::incoming(listener, tls_accept, config.transport, connections);
+    let incoming = transport::Incoming::spawn(listener, tls_accept, config.transport, connections);
     let server = router.serve_with_incoming_shutdown(incoming, async {
         let _ = drain_rx.await;
     });

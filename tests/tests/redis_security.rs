@@ -97,6 +97,22 @@ async fn decides_on(
     }
 }
 
+/// Calls Check through `client` until Redis decides one (not the fail mode), for up to about
+/// 10 s; true if it did.
+async fn redis_decides_soon(client: &portcullis_client::PortcullisClient, tenant: &str) -> bool {
+    for _ in 0..100 {
+        if client
+            .check(tenant, "", "", 1)
+            .await
+            .is_ok_and(|r| !r.degraded)
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 /// Writes `text` to a file in `dir` and returns its path.
 fn secret_file(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
@@ -254,21 +270,11 @@ async fn a_store_that_refuses_us_is_logged_once_per_incident() {
         .await
         .unwrap()
         .with_timeout(Duration::from_secs(5));
-    let decided = |client: portcullis_client::PortcullisClient, tenant: String| async move {
-        client
-            .check(&tenant, "", "", 1)
-            .await
-            .is_ok_and(|r| !r.degraded)
-    };
-    let mut up = false;
-    for _ in 0..50 {
-        if decided(client.clone(), tenant.clone()).await {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(up, "Redis never decided:\n{}", server.log());
+    assert!(
+        redis_decides_soon(&client, &tenant).await,
+        "Redis never decided:\n{}",
+        server.log()
+    );
     let redis_cli = |args: &'static [&'static str]| {
         let mut all = vec!["-a", PASSWORD, "--no-auth-warning"];
         all.extend_from_slice(args);
@@ -286,14 +292,7 @@ async fn a_store_that_refuses_us_is_logged_once_per_incident() {
         assert!(r.map_or(true, |r| r.degraded), "Redis cannot have decided");
     }
     assert_eq!(redis_cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
-    let mut recovered = false;
-    for _ in 0..100 {
-        if decided(client.clone(), tenant.clone()).await {
-            recovered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let recovered = redis_decides_soon(&client, &tenant).await;
     let log = server.log();
     assert!(recovered, "Redis never decided again:\n{log}");
     assert_eq!(

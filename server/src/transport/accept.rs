@@ -46,7 +46,8 @@ pub struct TlsAccept {
 pub struct Incoming(ReceiverStream<ServerIo>);
 
 impl Incoming {
-    /// Spawns the accept loop over `listener`.
+    /// Spawns the accept loop over `listener` under `limits`, counting connections' calls in
+    /// `registry` (which [`super::CallCountLayer`] fills).
     pub fn spawn(
         listener: TcpListener,
         tls: Option<TlsAccept>,

@@ -5,8 +5,6 @@ mod accept;
 mod activity;
 mod io;
 
-use std::sync::Arc;
-
 use tonic::transport::Server;
 
 pub use accept::{Incoming, TlsAccept};
@@ -23,15 +21,4 @@ pub fn server_builder(limits: &TransportLimits) -> Server {
         .http2_max_header_list_size(limits.max_header_list_size)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-}
-
-/// Accepts connections from `listener` under `limits`, counting their calls in `registry`
-/// (which [`CallCountLayer`] fills).
-pub fn incoming(
-    listener: tokio::net::TcpListener,
-    tls: Option<TlsAccept>,
-    limits: TransportLimits,
-    registry: Arc<Registry>,
-) -> Incoming {
-    Incoming::spawn(listener, tls, limits, registry)
 }

@@ -354,13 +354,10 @@ impl AuthStore for RedisStore {
         tenant: &str,
         user_id: &str,
     ) -> Result<Option<UserRecord>, StoreError> {
-        let json: Option<String> = self
-            .conn
-            .clone()
-            .get(auth_key(tenant, USER, user_id))
-            .await
-            .map_err(store_error)?;
-        json.as_deref().map(user_from_json).transpose()
+        Ok(self
+            .get_user_versioned(tenant, user_id)
+            .await?
+            .map(|versioned| versioned.user))
     }
 
     async fn find_user(

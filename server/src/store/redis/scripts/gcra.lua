@@ -55,8 +55,15 @@ local p = 2 -- ARGV index of the current request's n
 -- if it does not commit) and what its allowed limits saw before taking.
 local undo_key, undo_tat = {}, {}
 local before_free, before_reset = {}, {}
--- Keys some committed request changed, each once, in first-change order.
+-- Keys to write back (taken by a committed request, or clamped), each once, in first-change order.
 local changed, is_changed, nchanged = {}, {}, 0
+local function mark_changed(key)
+  if not is_changed[key] then
+    is_changed[key] = true
+    nchanged = nchanged + 1
+    changed[nchanged] = key
+  end
+end
 
 for _ = 1, tonumber(ARGV[1]) do
   local n = tonumber(ARGV[p])
@@ -79,11 +86,7 @@ for _ = 1, tonumber(ARGV[1]) do
     if tat > now + tau then
       tat = now + tau
       tat_of[key] = tat
-      if not is_changed[key] then
-        is_changed[key] = true
-        nchanged = nchanged + 1
-        changed[nchanged] = key
-      end
+      mark_changed(key)
     end
     local free = max(0, floor((tau - (tat - now)) / t))
     local base = head + 4 * (i - 1)
@@ -109,12 +112,7 @@ for _ = 1, tonumber(ARGV[1]) do
   out[head] = committed
   if committed == 1 then
     for j = 1, undo do
-      local key = undo_key[j]
-      if not is_changed[key] then
-        is_changed[key] = true
-        nchanged = nchanged + 1
-        changed[nchanged] = key
-      end
+      mark_changed(undo_key[j])
     end
   else
     -- Put back in reverse, so a key taken twice ends at its value before the request.
