@@ -458,6 +458,15 @@ mod tests {
                 ..Default::default()
             }))
         }
+
+        async fn check_many(
+            &self,
+            _: tonic::Request<pb::CheckManyRequest>,
+        ) -> Result<tonic::Response<pb::CheckManyResponse>, tonic::Status> {
+            Err(tonic::Status::unimplemented(
+                "the load driver sends Check only",
+            ))
+        }
     }
 
     /// Serves `server` on a free loopback port and returns a channel to it.

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 use super::to_proto_duration;
 use crate::auth::audit::CallContext;
 use crate::auth::password::Secret;
-use crate::auth::{Authenticator, LoginInput, TokenDemands, Tokens};
+use crate::auth::{Authenticator, LoginInput, PublishedKeys, TokenDemands, Tokens};
 use crate::store::AnyStore;
 
 /// Serves logins, token verification, refresh, logout, password changes and the JWKS.
@@ -179,9 +179,29 @@ impl pb::auth_service_server::AuthService for AuthApi {
         &self,
         _: Request<pb::GetJwksRequest>,
     ) -> Result<Response<pb::GetJwksResponse>, Status> {
-        Ok(Response::new(pb::GetJwksResponse {
-            jwks_json: self.auth.keys().current().jwks_json(),
-        }))
+        Ok(Response::new(jwks_response(&self.auth.published_keys())))
+    }
+
+    type WatchSecurityEventsStream =
+        futures::stream::BoxStream<'static, Result<pb::SecurityEvent, Status>>;
+
+    async fn watch_security_events(
+        &self,
+        _: Request<pb::WatchSecurityEventsRequest>,
+    ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
+        Err(Status::unimplemented(
+            "WatchSecurityEvents is not served yet",
+        ))
+    }
+}
+
+/// The wire form of the published key set.
+pub(crate) fn jwks_response(keys: &PublishedKeys) -> pb::GetJwksResponse {
+    pb::GetJwksResponse {
+        jwks_json: keys.jwks_json.clone(),
+        issuer: keys.issuer.clone(),
+        audience: keys.audience.clone(),
+        max_age: Some(to_proto_duration(keys.max_age)),
     }
 }
 

@@ -7,10 +7,10 @@ use tonic::{Request, Response, Status};
 
 use super::to_proto_duration;
 use crate::ratelimit::policy::{AppliedPolicy, PolicySource};
-use crate::ratelimit::{CheckDecision, CheckInput, DenyReason, Limiter};
+use crate::ratelimit::{CheckDecision, CheckInput, CheckManyDecision, DenyReason, Limiter};
 use crate::store::AnyStore;
 
-/// Serves `Check` from the shared limiter.
+/// Serves `Check` and `CheckMany` from the shared limiter.
 #[derive(Debug, Clone)]
 pub struct RateLimitApi {
     /// The limiter shared with the other services.
@@ -36,6 +36,46 @@ impl pb::rate_limit_service_server::RateLimitService for RateLimitApi {
             .await?;
         Ok(Response::new(check_response(&decision)))
     }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(tenant = %request.get_ref().tenant_id, items = request.get_ref().items.len()))]
+    async fn check_many(
+        &self,
+        request: Request<pb::CheckManyRequest>,
+    ) -> Result<Response<pb::CheckManyResponse>, Status> {
+        let r = request.get_ref();
+        let items: Vec<CheckInput<'_>> = r
+            .items
+            .iter()
+            .map(|item| CheckInput {
+                tenant: &r.tenant_id,
+                resource: &item.resource,
+                key: &item.key,
+                cost: item.cost,
+            })
+            .collect();
+        let decision = self.limiter.check_many(&r.tenant_id, &items).await?;
+        Ok(Response::new(check_many_response(&decision)))
+    }
+}
+
+fn check_many_response(d: &CheckManyDecision) -> pb::CheckManyResponse {
+    pb::CheckManyResponse {
+        allowed: d.allowed,
+        results: d.items.iter().map(check_response).collect(),
+        retry_after: d.retry_after().map(to_proto_duration),
+        headers: d.headline().map(wire_headers).unwrap_or_default(),
+        degraded: d.degraded,
+    }
+}
+
+fn wire_headers(d: &CheckDecision) -> Vec<pb::Header> {
+    d.headers()
+        .into_iter()
+        .map(|(name, value)| pb::Header {
+            name: name.to_owned(),
+            value,
+        })
+        .collect()
 }
 
 fn check_response(d: &CheckDecision) -> pb::CheckResponse {
@@ -53,14 +93,7 @@ fn check_response(d: &CheckDecision) -> pb::CheckResponse {
             Some(DenyReason::StoreUnavailable) => pb::DenyReason::StoreUnavailable,
             Some(DenyReason::KeyLimit) => pb::DenyReason::KeyLimit,
         } as i32,
-        headers: d
-            .headers()
-            .into_iter()
-            .map(|(name, value)| pb::Header {
-                name: name.to_owned(),
-                value,
-            })
-            .collect(),
+        headers: wire_headers(d),
         degraded: d.degraded,
     }
 }

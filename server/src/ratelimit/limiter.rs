@@ -162,7 +162,7 @@ pub struct CheckDecision {
 
 impl CheckDecision {
     /// The decision a counter outcome means.
-    fn from_outcome(
+    pub(super) fn from_outcome(
         policy: AppliedPolicy,
         resource: &str,
         outcome: KeyOutcome,
@@ -260,7 +260,7 @@ pub struct Limiter<S> {
     /// Counters and runtime overrides.
     store: S,
     /// The policy table in force; swapped whole when runtime overrides change.
-    policies: ArcSwap<PolicyTable>,
+    pub(super) policies: ArcSwap<PolicyTable>,
     /// The config file's default and overrides, kept to rebuild the table.
     config_default: Limit,
     config_overrides: Vec<PolicyOverride>,
@@ -608,12 +608,12 @@ pub(super) fn key_limit_error() -> RateLimitError {
 }
 
 /// Validates the (tenant, resource) a request or an admin call addresses.
-fn validate_target(tenant: &str, resource: &str) -> Result<(), InvalidId> {
+pub(super) fn validate_target(tenant: &str, resource: &str) -> Result<(), InvalidId> {
     keys::validate_id("tenant_id", tenant, true)?;
     keys::validate_id("resource", resource, false)
 }
 
-fn normalise_resource(resource: &str) -> &str {
+pub(super) fn normalise_resource(resource: &str) -> &str {
     if resource.is_empty() {
         DEFAULT_RESOURCE
     } else {
