@@ -362,9 +362,20 @@ async fn serve(
                 limiter: limiter.clone(),
             }),
         )
-        .add_service(pb::auth_service_server::AuthServiceServer::new(AuthApi {
-            auth: auth.clone(),
-        }))
+        .add_service(AdminGuard::method(
+            pb::auth_service_server::AuthServiceServer::new(AuthApi { auth: auth.clone() }),
+            grpc::admin_guard::WATCH_PATH,
+            AdminAuth::any_of(
+                grpc::admin_guard::WATCH,
+                config.watch_token.iter().chain(&config.admin_token),
+                config
+                    .tls
+                    .server
+                    .as_ref()
+                    .is_some_and(|s| s.client_ca.is_some()),
+            ),
+            auth.clone(),
+        ))
         .add_service(admin);
 
     let local = listener.local_addr().ok();
@@ -386,6 +397,9 @@ async fn serve(
             readiness.draining();
             set_health(&health, ServingStatus::NotServing).await;
             let _ = drain_tx.send(());
+            // Streams would otherwise hold the drain open for the whole grace period; their
+            // subscribers resume on another replica from their cursor.
+            auth.close_security_events();
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(r) => r.map_err(RunError::from),
                 Err(_) => {

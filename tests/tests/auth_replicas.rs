@@ -26,6 +26,7 @@ use portcullis_tests::auth::{AuthApi, admin_request, env_kid, refusal};
 use portcullis_tests::harness::{
     ManagedChild, PortcullisProcess, RedisCluster, RedisServer, free_port, portcullis_binary,
 };
+use portcullis_tests::key_files::{generate_ed25519, key_entry, kid_of, replace_file};
 use portcullis_tests::server::{ADMIN_TOKEN, JWT_SECRET, unique};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -140,49 +141,6 @@ async fn eventually<T>(
         assert!(started.elapsed() < within, "{what}: not within {within:?}");
         tokio::time::sleep(POLL).await;
     }
-}
-
-/// Replaces `path` by `contents` atomically (write beside it, then rename), so a poller never
-/// reads a half-written file.
-fn replace_file(path: &Path, contents: &str) {
-    let partial = path.with_extension("partial");
-    fs::write(&partial, contents).unwrap();
-    fs::rename(&partial, path).unwrap();
-}
-
-/// A `[[key]]` entry of a key-set file: HS256 keys read `<kid>.secret`, EdDSA keys `<kid>.pem`.
-fn key_entry(kid: &str, algorithm: &str, state: &str) -> String {
-    let file = match algorithm {
-        "HS256" => format!("secret_file = \"{kid}.secret\""),
-        _ => format!("private_key_file = \"{kid}.pem\""),
-    };
-    format!(
-        "[[key]]\nkid = \"{kid}\"\nalgorithm = \"{algorithm}\"\nstate = \"{state}\"\n{file}\n\n"
-    )
-}
-
-/// Writes a new Ed25519 PKCS#8 PEM private key to `<dir>/<kid>.pem` with openssl.
-fn generate_ed25519(dir: &Path, kid: &str) {
-    let path = dir.join(format!("{kid}.pem"));
-    let output = Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-out"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .output()
-        .expect("openssl not found: apt-get install -y openssl");
-    assert!(
-        output.status.success(),
-        "openssl genpkey failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-/// The `kid` in the JOSE header of `token`.
-fn kid_of(token: &str) -> String {
-    jsonwebtoken::decode_header(token)
-        .unwrap()
-        .kid
-        .expect("access tokens carry a kid")
 }
 
 /// Issuer and audience of the test servers' tokens (the defaults).

@@ -701,7 +701,158 @@ async fn envoy_invalid_input_names_the_field(backend: Backend) {
     }
 }
 
+/// A `CheckMany` request of (resource, key, cost) items.
+fn check_many(tenant: &str, items: &[(&str, &str, u32)]) -> pb::CheckManyRequest {
+    pb::CheckManyRequest {
+        tenant_id: tenant.to_owned(),
+        items: items
+            .iter()
+            .map(|(resource, key, cost)| pb::CheckItem {
+                resource: resource.to_string(),
+                key: key.to_string(),
+                cost: *cost,
+            })
+            .collect(),
+    }
+}
+
+/// "Per user and per tenant": a call admitted by one limit but denied by the other takes
+/// nothing from either, and says which denied it and when to retry.
+async fn check_many_is_all_or_nothing(backend: Backend) {
+    let s = TestServer::start(backend, &[]).await;
+    let tenant = unique("many");
+    s.client
+        .set_tenant_limit(&tenant, "per-user", 3, HOUR, 0)
+        .await
+        .unwrap();
+    s.client
+        .set_tenant_limit(&tenant, "per-tenant", 5, HOUR, 0)
+        .await
+        .unwrap();
+    let call = |user: &'static str| {
+        let mut client = s.client.rate_limit();
+        let request = check_many(&tenant, &[("per-user", user, 1), ("per-tenant", "", 1)]);
+        async move { client.check_many(request).await.unwrap().into_inner() }
+    };
+    for left in (0..3).rev() {
+        let r = call("alice").await;
+        assert!(r.allowed);
+        assert_eq!(r.results.len(), 2);
+        assert_eq!(r.results[0].remaining, left);
+        assert!(r.retry_after.is_none());
+    }
+    // Alice is out: denied by her own limit, and the tenant's is not charged.
+    let denied = call("alice").await;
+    assert!(!denied.allowed);
+    assert!(!denied.results[0].allowed);
+    assert_eq!(
+        denied.results[0].deny_reason,
+        pb::DenyReason::OverLimit as i32
+    );
+    assert!(
+        denied.results[1].allowed,
+        "the tenant limit would have fitted"
+    );
+    assert_eq!(denied.results[1].remaining, 2, "nothing taken");
+    assert!(duration(&denied.retry_after) > Duration::ZERO);
+    assert!(
+        denied
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("retry-after")),
+        "{:?}",
+        denied.headers
+    );
+    // Bob takes the tenant's last two units; his third call is denied by the tenant limit
+    // and his own is not charged.
+    assert!(call("bob").await.allowed);
+    assert!(call("bob").await.allowed);
+    let denied = call("bob").await;
+    assert!(!denied.allowed);
+    assert!(denied.results[0].allowed && !denied.results[1].allowed);
+    assert_eq!(
+        denied.results[0].remaining, 1,
+        "bob's own limit was not charged"
+    );
+}
+
+/// Concurrent `CheckMany` calls sharing a limit admit exactly its burst, and an item repeated
+/// in one call takes its cost each time.
+async fn concurrent_check_many_admits_exactly_the_burst(backend: Backend) {
+    let s = TestServer::start(backend, &[]).await;
+    let tenant = unique("many-exact");
+    s.client
+        .set_tenant_limit(&tenant, "", 30, HOUR, 0)
+        .await
+        .unwrap();
+    let calls = (0..100).map(|i| {
+        let mut client = s.client.rate_limit();
+        let key = format!("user-{i}");
+        let request = check_many(&tenant, &[("api", "", 1), ("api", &key, 1)]);
+        async move {
+            client
+                .check_many(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .allowed
+        }
+    });
+    let admitted = join_all(calls).await.into_iter().filter(|a| *a).count();
+    assert_eq!(admitted, 30);
+
+    let other = unique("many-repeat");
+    s.client
+        .set_tenant_limit(&other, "", 3, HOUR, 0)
+        .await
+        .unwrap();
+    let mut client = s.client.rate_limit();
+    let twice = check_many(&other, &[("r", "k", 1), ("r", "k", 1)]);
+    let r = client.check_many(twice.clone()).await.unwrap().into_inner();
+    assert!(r.allowed);
+    assert_eq!(
+        r.results[1].remaining, 1,
+        "the second occurrence saw the first's take"
+    );
+    assert!(!client.check_many(twice).await.unwrap().into_inner().allowed);
+    assert!(
+        s.client.check(&other, "r", "k", 1).await.unwrap().allowed,
+        "one unit was left"
+    );
+}
+
+async fn check_many_invalid_input_names_the_field(backend: Backend) {
+    let s = TestServer::start(backend, &[]).await;
+    let tenant = unique("many-bad");
+    let long = "k".repeat(300);
+    let seventeen: Vec<(&str, &str, u32)> = vec![("r", "k", 1); 17];
+    let cases: Vec<(pb::CheckManyRequest, &str)> = vec![
+        (check_many("", &[("r", "k", 1)]), "tenant_id"),
+        (check_many(&tenant, &[]), "items"),
+        (check_many(&tenant, &seventeen), "items"),
+        (
+            check_many(&tenant, &[("r", "k", 1), ("r", "bad\u{7}", 1)]),
+            "items[1].key",
+        ),
+        (
+            check_many(&tenant, &[("r", "k", 1), ("r", "k", 1), (&long, "k", 1)]),
+            "items[2].resource",
+        ),
+    ];
+    for (request, field) in cases {
+        let status = s.client.rate_limit().check_many(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert_eq!(
+            status.get_details_bad_request().unwrap().field_violations[0].field,
+            field
+        );
+    }
+}
+
 portcullis_tests::on_every_store!(
+    check_many_is_all_or_nothing,
+    concurrent_check_many_admits_exactly_the_burst,
+    check_many_invalid_input_names_the_field,
     burst_then_exact_retry,
     concurrent_checks_admit_exactly_the_burst,
     a_denial_takes_nothing,

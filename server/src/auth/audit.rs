@@ -121,6 +121,8 @@ pub fn outcome_of(e: &AuthError) -> &'static str {
         AuthError::InsufficientRole => "insufficient_role",
         AuthError::SessionEnded => "session_ended",
         AuthError::RevocationsNotLoaded { .. } => "revocations_not_loaded",
+        AuthError::TooManySubscribers { .. } => "too_many_subscribers",
+        AuthError::SubscriberTooSlow { .. } => "subscriber_too_slow",
         AuthError::RefreshTokenReused => "reused",
         AuthError::UsernameTaken => "username_taken",
         AuthError::NotFound => "not_found",

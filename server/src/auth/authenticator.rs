@@ -20,6 +20,7 @@ use super::client_ip::InFlightByNetwork;
 use super::error::AuthError;
 use super::model::{AuditEvent, LockoutSettings, ReplaceOutcome, UserRecord, VersionedUser};
 use super::password::{PasswordHasher, PasswordPolicy, Secret};
+use super::security_events::SecurityFeed;
 use super::store::{AuthStore, StoreError};
 use super::tokens::ReloadingKeyRing;
 use super::username::{lookup_name, normalise_username};
@@ -143,6 +144,8 @@ pub(super) struct RevocationCache {
     /// revoked through another replica (or before this one started) is unknown here, so no
     /// token is verified.
     pub(super) loaded: AtomicBool,
+    /// The polls' revocations and key changes, fanned out to subscribers.
+    pub(super) feed: SecurityFeed,
 }
 
 /// The authentication core.

@@ -75,6 +75,19 @@ pub enum AuthError {
     /// The session was revoked or has expired.
     #[error("session ended")]
     SessionEnded,
+    /// This replica serves as many security-event subscribers as it may.
+    #[error("too many security event subscribers on this replica; retry, perhaps on another")]
+    TooManySubscribers {
+        /// A hint for the retry.
+        retry_after: Duration,
+    },
+    /// A security-event subscriber fell so far behind that events it had not read were
+    /// dropped; it resubscribes with its last cursor.
+    #[error("subscriber too slow: {missed} events dropped; resubscribe with the last cursor")]
+    SubscriberTooSlow {
+        /// Events dropped.
+        missed: u64,
+    },
     /// An already-used refresh token was presented: the session is now revoked.
     #[error("session ended")]
     RefreshTokenReused,

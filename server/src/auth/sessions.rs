@@ -16,6 +16,7 @@ use super::authenticator::{Authenticator, random_token, unix_now, unix_now_ms};
 use super::error::AuthError;
 use super::model::{EndOutcome, OpenOutcome, RotateOutcome, Session, UserRecord};
 use super::password::Secret;
+use super::security_events::{FeedPoll, RevokedSession};
 use super::store::{AuthStore, REVOCATIONS_BATCH, StoreError};
 use super::token_demands::{API_SCOPE, PASSWORD_CHANGE_SCOPE, TokenDemands};
 use super::tokens::{AccessClaims, IssueRequest, IssueSettings, TokenError, VerifyExpectations};
@@ -276,9 +277,25 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         // Remembered until every token the session could still hold has expired.
         let forget_after = unix_now() + self.settings.access_ttl.as_secs() + LEEWAY.as_secs();
         let count = revoked.len();
-        for (tenant, sid) in revoked {
-            self.revocations.revoked.insert(sid, (tenant, forget_after));
-        }
+        let sessions = revoked
+            .into_iter()
+            .map(|(tenant, session_id)| RevokedSession {
+                tenant,
+                session_id,
+                until_unix: forget_after,
+            })
+            .collect();
+        self.revocations.feed.record_poll(
+            FeedPoll {
+                from: cursor.as_deref(),
+                cursor: &next,
+                sessions,
+                ring: self.keys.current(),
+                now_unix_ms: unix_now_ms(),
+            },
+            &self.revocations.revoked,
+            || self.published_keys(),
+        );
         *cursor = Some(next);
         let now = unix_now();
         self.revocations

@@ -40,7 +40,7 @@ pub use transport::TransportLimits;
 /// How long calls in flight may take after SIGTERM unless `shutdown_grace` says.
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
-/// The admin bearer token: zeroized on drop, never shown by `Debug`.
+/// A service bearer token (admin, watch): zeroized on drop, never shown by `Debug`.
 #[derive(Clone)]
 pub struct AdminToken(Zeroizing<String>);
 
@@ -48,6 +48,12 @@ impl AdminToken {
     /// The token itself, for the constant-time check only.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// A token from a literal, for unit tests of the checks.
+    #[cfg(test)]
+    pub(crate) fn for_tests(token: &str) -> Self {
+        Self(Zeroizing::new(token.to_owned()))
     }
 }
 
@@ -84,6 +90,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The admin token; `None` disables the admin API.
     pub admin_token: Option<AdminToken>,
+    /// The token services present to watch security events (the admin token also does), so
+    /// the many services that verify tokens locally need not hold the admin token.
+    pub watch_token: Option<AdminToken>,
     /// Authentication: keys, lifetimes, lockout, passwords.
     pub auth: AuthConfig,
     /// The admin HTTP port (`/metrics`, `/livez`, `/readyz`); `None` turns it off.
@@ -294,7 +303,8 @@ impl Config {
             },
             policy_refresh: limits.policy_refresh,
             shutdown_grace,
-            admin_token: admin_token(env)?,
+            admin_token: service_token(env, "PORTCULLIS_ADMIN_TOKEN", "admin token")?,
+            watch_token: service_token(env, "PORTCULLIS_WATCH_TOKEN", "watch token")?,
         })
     }
 }
@@ -336,16 +346,20 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     toml::from_str(&text).map_err(|e| invalid(origin, e.message()))
 }
 
-/// The admin token from `PORTCULLIS_ADMIN_TOKEN` or the file named by
-/// `PORTCULLIS_ADMIN_TOKEN_FILE` (a Kubernetes secret mount); one of them, not both.
-fn admin_token(env: &dyn EnvSource) -> Result<Option<AdminToken>, ConfigError> {
-    let Some(token) = secrets::secret(env, "PORTCULLIS_ADMIN_TOKEN")? else {
+/// A bearer token from the variable `name` or the file named by `<name>_FILE` (a Kubernetes
+/// secret mount); one of them, not both.
+fn service_token(
+    env: &dyn EnvSource,
+    name: &str,
+    what: &str,
+) -> Result<Option<AdminToken>, ConfigError> {
+    let Some(token) = secrets::secret(env, name)? else {
         return Ok(None);
     };
     let token = Zeroizing::new(token.trim().to_owned());
     if token.len() < 16 {
         return Err(invalid(
-            "admin token",
+            what,
             "must be at least 16 characters (generate one with: openssl rand -hex 32)",
         ));
     }
@@ -521,6 +535,11 @@ mod tests {
         assert_eq!(c.admin_token.unwrap().expose(), secret);
 
         assert!(load(&[], &[("PORTCULLIS_ADMIN_TOKEN", "short")]).is_err());
+        let c = load(&[], &[("PORTCULLIS_WATCH_TOKEN", secret)]).unwrap();
+        assert_eq!(c.watch_token.as_ref().unwrap().expose(), secret);
+        assert!(c.admin_token.is_none());
+        assert!(!format!("{c:?}").contains(secret));
+        assert!(load(&[], &[("PORTCULLIS_WATCH_TOKEN", "short")]).is_err());
         assert!(
             load(
                 &[],

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
+use futures::stream::BoxStream;
 use portcullis_proto::pb;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -10,7 +11,9 @@ use tonic::{Request, Response, Status};
 use super::to_proto_duration;
 use crate::auth::audit::CallContext;
 use crate::auth::password::Secret;
+use crate::auth::security_events::{HEARTBEAT_INTERVAL, SecurityEvent};
 use crate::auth::{Authenticator, LoginInput, PublishedKeys, TokenDemands, Tokens};
+use crate::keys;
 use crate::store::AnyStore;
 
 /// Serves logins, token verification, refresh, logout, password changes and the JWKS.
@@ -182,17 +185,66 @@ impl pb::auth_service_server::AuthService for AuthApi {
         Ok(Response::new(jwks_response(&self.auth.published_keys())))
     }
 
-    type WatchSecurityEventsStream =
-        futures::stream::BoxStream<'static, Result<pb::SecurityEvent, Status>>;
+    type WatchSecurityEventsStream = BoxStream<'static, Result<pb::SecurityEvent, Status>>;
 
+    /// The caller's token was checked in front of the service (`admin_guard`).
+    #[tracing::instrument(skip_all)]
     async fn watch_security_events(
         &self,
-        _: Request<pb::WatchSecurityEventsRequest>,
+        request: Request<pb::WatchSecurityEventsRequest>,
     ) -> Result<Response<Self::WatchSecurityEventsStream>, Status> {
-        Err(Status::unimplemented(
-            "WatchSecurityEvents is not served yet",
-        ))
+        let cursor = &request.get_ref().cursor;
+        if cursor.len() > keys::MAX_ID_LEN {
+            return Err(crate::auth::AuthError::InvalidArgument {
+                field: "cursor".into(),
+                reason: format!("is longer than {} bytes", keys::MAX_ID_LEN),
+            }
+            .into());
+        }
+        let subscription = self.auth.watch_security_events(given(cursor))?;
+        // Ends after an error (a subscriber too slow): it resubscribes with its cursor.
+        let events = futures::stream::unfold(Some(subscription), |subscription| async move {
+            let mut subscription = subscription?;
+            match subscription.next().await {
+                Ok(Some(event)) => Some((Ok(security_event(&event)), Some(subscription))),
+                Ok(None) => None,
+                Err(e) => Some((Err(Status::from(e)), None)),
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
     }
+}
+
+/// The wire form of a security event.
+fn security_event(event: &SecurityEvent) -> pb::SecurityEvent {
+    use pb::security_event::Event;
+    let event = match event {
+        SecurityEvent::Revoked(batch) => Event::Revoked(pb::SessionsRevoked {
+            sessions: batch
+                .sessions
+                .iter()
+                .map(|s| pb::RevokedSession {
+                    tenant_id: s.tenant.clone(),
+                    session_id: s.session_id.clone(),
+                    until: Some(timestamp(s.until_unix)),
+                })
+                .collect(),
+            cursor: batch.cursor.clone(),
+            snapshot: batch.snapshot,
+        }),
+        SecurityEvent::KeysChanged(keys) => Event::Keys(pb::KeySetChanged {
+            jwks: Some(jwks_response(keys)),
+        }),
+        SecurityEvent::Heartbeat {
+            cursor,
+            read_at_unix_ms,
+        } => Event::Heartbeat(pb::Heartbeat {
+            cursor: cursor.clone(),
+            feed_read_at: Some(timestamp_ms(*read_at_unix_ms)),
+            heartbeat_interval: Some(to_proto_duration(HEARTBEAT_INTERVAL)),
+        }),
+    };
+    pb::SecurityEvent { event: Some(event) }
 }
 
 /// The wire form of the published key set.

@@ -129,6 +129,22 @@ impl From<AuthError> for Status {
                 none(),
                 Some(retry_after),
             ),
+            // Retryable after the hint, here or on another replica.
+            AuthError::TooManySubscribers { retry_after } => with_reason(
+                Code::ResourceExhausted,
+                message,
+                "TOO_MANY_SUBSCRIBERS",
+                none(),
+                Some(retry_after),
+            ),
+            // Retryable at once: resubscribe with the last cursor (nothing is lost).
+            AuthError::SubscriberTooSlow { missed } => with_reason(
+                Code::Aborted,
+                message,
+                "SUBSCRIBER_TOO_SLOW",
+                [("missed".to_owned(), missed.to_string())].into(),
+                Some(Duration::ZERO),
+            ),
             // Not retryable: the session is over; log in again.
             AuthError::SessionEnded | AuthError::RefreshTokenReused => with_reason(
                 Code::Unauthenticated,

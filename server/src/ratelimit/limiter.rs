@@ -558,7 +558,13 @@ impl<S: RateLimitStore> Limiter<S> {
         let Some(cache) = &self.deny_cache else {
             return;
         };
-        for (req, k) in batch.iter().zip(&outcome.keys) {
+        for (i, (req, k)) in batch.iter().zip(&outcome.keys).enumerate() {
+            // A key repeated in the batch was decided the second time on top of the first
+            // occurrence's take, which an uncommitted batch never made: only the first
+            // occurrence's verdict describes the stored counter.
+            if batch[..i].iter().any(|earlier| earlier.key == req.key) {
+                continue;
+            }
             cache.remember(req, sent_at, k);
         }
     }

@@ -126,8 +126,8 @@ impl Drop for CallGuard {
 }
 
 /// Counts each connection's calls in flight, in the connection's [`Registration`]. A call
-/// counts until its response head is ready: a call that streams its response for longer must
-/// hold a guard of its own (none does today).
+/// counts until its response body has ended (or been dropped), so a stream that lasts hours
+/// (`WatchSecurityEvents`) keeps its connection from being closed as idle.
 #[derive(Debug, Clone)]
 pub struct CallCountLayer {
     /// The server's connections.
@@ -159,11 +159,11 @@ pub struct CallCount<S> {
     registry: Arc<Registry>,
 }
 
-impl<S, B> Service<http::Request<B>> for CallCount<S>
+impl<S, B, R> Service<http::Request<B>> for CallCount<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<R>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<CountedBody<R>>;
     type Error = S::Error;
     type Future = Counted<S::Future>;
 
@@ -183,25 +183,67 @@ where
             });
         Counted {
             inner: self.inner.call(request),
-            _guard: guard,
+            guard,
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A call's future, holding its place in the connection's count.
+    /// A call's future, holding its place in the connection's count; the place passes to the
+    /// response body.
     pub struct Counted<F> {
         #[pin]
         inner: F,
-        _guard: Option<CallGuard>,
+        guard: Option<CallGuard>,
     }
 }
 
-impl<F: Future> Future for Counted<F> {
-    type Output = F::Output;
+impl<F, R, E> Future for Counted<F>
+where
+    F: Future<Output = Result<http::Response<R>, E>>,
+{
+    type Output = Result<http::Response<CountedBody<R>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.project().inner.poll(cx)
+        let this = self.project();
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let guard = this.guard.take();
+        Poll::Ready(Ok(response.map(|inner| CountedBody { inner, guard })))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body holding its call's place in the connection's count until it ends.
+    pub struct CountedBody<B> {
+        #[pin]
+        inner: B,
+        guard: Option<CallGuard>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for CountedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if frame.is_none() {
+            // The call is over even if the body is dropped only later.
+            this.guard.take();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
