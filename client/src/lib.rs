@@ -13,6 +13,9 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "verify")]
+pub mod verify;
+
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 

@@ -5,11 +5,13 @@ mod http;
 mod portcullis;
 mod process;
 mod redis;
+mod stall_proxy;
 
 pub use http::{http_get, sample};
 pub use portcullis::{KEEP_LOGS_ENV, PortcullisProcess, portcullis_binary};
 pub use process::{ManagedChild, free_cluster_port, free_port};
 pub use redis::{RedisCluster, RedisServer, RedisTarget};
+pub use stall_proxy::StallProxy;
 
 #[cfg(test)]
 mod tests {
