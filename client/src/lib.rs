@@ -13,6 +13,10 @@
 
 use std::time::Duration;
 
+#[cfg(feature = "axum")]
+pub mod axum;
+#[cfg(feature = "tower")]
+pub mod layers;
 #[cfg(feature = "verify")]
 pub mod verify;
 

@@ -1,4 +1,5 @@
-//! The admin HTTP port as tests read it: a plain HTTP/1.1 GET and Prometheus samples.
+//! HTTP as tests read it: a plain HTTP/1.1 GET (the admin port, example services) and
+//! Prometheus samples.
 
 use std::net::SocketAddr;
 
@@ -6,10 +7,41 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// GETs `path` over HTTP/1.1 and returns (status code, body); panics if the port does not answer.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let response = http_request(addr, path, &[]).await;
+    (response.status, response.body)
+}
+
+/// An HTTP/1.1 response as tests read it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// The status code (0 when the status line cannot be read).
+    pub status: u16,
+    /// Header (lower-case name, value) pairs, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// GETs `path` over HTTP/1.1 with `headers`; panics if the port does not answer.
+pub async fn http_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
     let mut stream = tokio::net::TcpStream::connect(addr)
         .await
-        .expect("connect to the admin port");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        .expect("connect to the HTTP port");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
         .await
@@ -19,16 +51,22 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .read_to_string(&mut response)
         .await
         .expect("read the response");
-    let status = response
-        .split(' ')
-        .nth(1)
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
         .and_then(|code| code.parse().ok())
         .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }
 
 /// The value of the sample `name{labels}` in a Prometheus text page (0 when absent). `labels`

@@ -144,16 +144,16 @@ impl PortcullisProcess {
 
 /// Where cargo puts the portcullis binary for the running test binary, and how to build it there.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct BuildLayout {
-    target_dir: PathBuf,
+pub(super) struct BuildLayout {
+    pub(super) target_dir: PathBuf,
     /// The cargo profile (`dev` for the `debug` dir).
-    profile: String,
-    binary: PathBuf,
+    pub(super) profile: String,
+    pub(super) binary: PathBuf,
 }
 
 /// Derives the layout from the test binary's path, `<target>/<profile dir>/deps/<test binary>`
 /// (the portcullis binary is then `<target>/<profile dir>/portcullis`); `None` for other shapes.
-fn build_layout(test_exe: &Path) -> Option<BuildLayout> {
+pub(super) fn build_layout(test_exe: &Path) -> Option<BuildLayout> {
     let deps = test_exe.parent()?;
     if deps.file_name()? != "deps" {
         return None;

@@ -233,6 +233,7 @@ pub(super) enum StartError {
     Failed(String),
 }
 
+#[derive(Debug)]
 pub(super) enum Readiness {
     Ready,
     Exited(ExitStatus),
