@@ -34,16 +34,26 @@ fn verifier(c: &mut Criterion) {
         "[[key]]\nkid = \"bench\"\nalgorithm = \"EdDSA\"\nstate = \"active\"\nprivate_key_file = \"bench.pem\"\n",
     )
     .expect("write key set");
-    let args: Vec<String> = ["portcullis", "--jwt-key-set", key_set.to_str().expect("utf-8")]
-        .map(str::to_owned)
-        .into();
+    let args: Vec<String> = [
+        "portcullis",
+        "--jwt-key-set",
+        key_set.to_str().expect("utf-8"),
+    ]
+    .map(str::to_owned)
+    .into();
     let env: std::collections::HashMap<String, String> =
         [("PORTCULLIS_WATCH_TOKEN".to_owned(), WATCH_TOKEN.to_owned())].into();
     let config = portcullis_server::config::Config::load(&args, &env).expect("config");
     let verifier = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(portcullis_server::run(config, listener, std::future::pending()));
+        tokio::spawn(portcullis_server::run(
+            config,
+            listener,
+            std::future::pending(),
+        ));
         let channel = Endpoint::from_shared(format!("http://{addr}"))
             .expect("endpoint")
             .connect_lazy();

@@ -282,3 +282,112 @@ async fn with_every_replica_gone_the_fail_mode_applies() {
         d.services[0].log()
     );
 }
+
+/// The same layers in front of a tonic service answer gRPC callers with gRPC statuses:
+/// `UNAUTHENTICATED` without a valid token, `PERMISSION_DENIED` for a first-login token,
+/// `RESOURCE_EXHAUSTED` with `RetryInfo` past the limit, and the call itself otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_callers_get_grpc_statuses() {
+    use portcullis_client::layers::{
+        AuthLayer, FailMode, LimitItem, LimitRequest, RateLimitLayer, RateLimiter,
+    };
+    use portcullis_client::verify::{Principal, Verifier};
+    use portcullis_tests::server::{Backend, TestServer};
+    use tonic::Code;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_types::StatusExt;
+
+    let keys = tempfile::tempdir().unwrap();
+    generate_ed25519(keys.path(), "ed-1");
+    let key_set = keys.path().join("keys.toml");
+    replace_file(&key_set, &key_entry("ed-1", "EdDSA", "active"));
+    let portcullis = TestServer::start_with_env(
+        Backend::Memory,
+        &["--jwt-key-set", key_set.to_str().unwrap()],
+        &[("PORTCULLIS_WATCH_TOKEN", WATCH_TOKEN)],
+    )
+    .await;
+    let api = AuthApi::connect(&format!("http://{}", portcullis.addr)).await;
+    portcullis
+        .client
+        .set_tenant_limit(
+            &api.tenant,
+            "/grpc.health.v1.Health/Check",
+            2,
+            Duration::from_secs(3600),
+            0,
+        )
+        .await
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", portcullis.addr))
+        .unwrap()
+        .connect_lazy();
+    let verifier = Verifier::builder(channel.clone())
+        .watch_token(WATCH_TOKEN)
+        .build();
+    let layers = tower::ServiceBuilder::new()
+        .layer(AuthLayer::new(verifier).require_scopes(&["api"]))
+        .layer(RateLimitLayer::new(
+            RateLimiter::new(channel, FailMode::Closed),
+            |request| {
+                let user = request.extensions.get::<Principal>()?;
+                Some(LimitRequest {
+                    tenant: user.tenant_id.clone(),
+                    items: vec![LimitItem {
+                        resource: request.uri.path().into(),
+                        key: user.user_id.clone(),
+                        cost: 1,
+                    }],
+                })
+            },
+        ));
+    let (_, health) = tonic_health::server::health_reporter();
+    let incoming =
+        tonic::transport::server::TcpIncoming::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = incoming.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(layers)
+            .add_service(health)
+            .serve_with_incoming(incoming),
+    );
+    let service = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_lazy();
+    let call = async |token: Option<&str>| {
+        let mut request = tonic::Request::new(HealthCheckRequest::default());
+        if let Some(token) = token {
+            request
+                .metadata_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        HealthClient::new(service.clone()).check(request).await
+    };
+
+    assert_eq!(call(None).await.unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        call(Some("not.a.token")).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let first = unique("first");
+    api.create_user(&first, PASSWORD, &[], Some(true)).await;
+    let first_login = api.login(&first, PASSWORD).await.unwrap();
+    assert_eq!(
+        call(Some(&first_login.access_token))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let login = signed_in(&api).await;
+    eventually("the token is admitted", async || {
+        call(Some(&login.access_token)).await.is_ok()
+    })
+    .await;
+    assert!(call(Some(&login.access_token)).await.is_ok());
+    let limited = call(Some(&login.access_token)).await.unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    let retry = limited.get_details_retry_info().expect("RetryInfo");
+    assert!(retry.retry_delay.is_some_and(|d| d > Duration::ZERO));
+}
