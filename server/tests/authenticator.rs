@@ -16,7 +16,7 @@ use portcullis_server::auth::{
     PASSWORD_CHANGE_SCOPE, Tokens,
 };
 use portcullis_server::ratelimit::policy::Limit;
-use portcullis_server::store::MemoryStore;
+use portcullis_server::store::{AnyStore, MemoryStore};
 use zeroize::Zeroizing;
 
 /// Cheap Argon2 so tests run fast; the policy and flow are what is under test.
@@ -53,6 +53,7 @@ fn settings(lockout: LockoutSettings, reveal_lockout: bool) -> AuthSettings {
         access_ttl: Duration::from_secs(1800),
         session_idle: Duration::from_secs(3600),
         session_lifetime: Duration::from_secs(86_400),
+        refresh_grace: Duration::ZERO,
         lockout,
         reveal_lockout,
         default_policy: PasswordPolicy::Guide,
@@ -363,5 +364,61 @@ async fn wrong_current_passwords_count_towards_the_lockout() {
     assert!(matches!(
         login(&a, GOOD).await,
         Err(AuthError::AccountLocked { .. })
+    ));
+}
+
+/// A replica without the grace window rotates to a random successor, which a replica with the
+/// window cannot give again: a replay of that rotation is the reuse it would have been there,
+/// and ends the session.
+#[tokio::test]
+async fn a_replay_of_a_rotation_made_without_the_window_is_a_reuse() {
+    let store = AnyStore::Memory(Arc::new(MemoryStore::new()));
+    let replica = |grace: Duration| {
+        let mut s = settings(LockoutSettings::default(), false);
+        s.refresh_grace = grace;
+        let hasher = PasswordHasher::new(
+            Argon2Params::new(1024, 1, 1).unwrap(),
+            2,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let key = Key::hs256("k1", &[7u8; 32], KeyState::Active).unwrap();
+        let keys = Arc::new(ReloadingKeyRing::fixed(KeyRing::new(vec![key]).unwrap()));
+        Authenticator::new(store.clone(), hasher, keys, s)
+    };
+    let (without, with) = (replica(Duration::ZERO), replica(Duration::from_secs(60)));
+    with.create_user(NewUser {
+        tenant: "acme",
+        username: "alice",
+        password: &secret(GOOD),
+        roles: vec!["reader".into()],
+        must_change_password: false,
+    })
+    .await
+    .unwrap();
+    let password = secret(GOOD);
+    let input = || LoginInput {
+        tenant: "acme",
+        username: "alice",
+        password: &password,
+        client_ip: "10.0.0.1",
+    };
+
+    // Rotated with the window: a replay gets the same successor.
+    let t = with.login(input(), &ctx()).await.unwrap();
+    let r = with.refresh(&t.refresh_token, &ctx()).await.unwrap();
+    let again = with.refresh(&t.refresh_token, &ctx()).await.unwrap();
+    assert_eq!(*again.refresh_token, *r.refresh_token);
+
+    // Rotated without it: the replay through the replica with the window ends the session.
+    let t = with.login(input(), &ctx()).await.unwrap();
+    let r = without.refresh(&t.refresh_token, &ctx()).await.unwrap();
+    assert!(matches!(
+        with.refresh(&t.refresh_token, &ctx()).await,
+        Err(AuthError::RefreshTokenReused)
+    ));
+    assert!(matches!(
+        with.refresh(&r.refresh_token, &ctx()).await,
+        Err(AuthError::SessionEnded)
     ));
 }

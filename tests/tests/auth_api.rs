@@ -491,6 +491,118 @@ async fn refresh_token_reuse_kills_the_session(backend: Backend) {
     api.expect_session_ended(&second.access_token).await;
 }
 
+/// With a grace window, refreshes racing with one token (a client retrying a refresh whose
+/// answer it lost) all get the same successor, and the session goes on.
+async fn refreshes_racing_within_the_grace_window_get_one_successor(backend: Backend) {
+    let api = Api::start(backend, "refresh_grace = \"30s\"").await;
+    api.create_user("bob", GOOD, READER, Some(false)).await;
+    let login = api.login("bob", GOOD).await.unwrap();
+    let answers = join_all((0..2).map(|_| api.refresh(&login.refresh_token))).await;
+    let answers: Vec<pb::LoginResponse> = answers.into_iter().map(Result::unwrap).collect();
+    assert_ne!(answers[0].refresh_token, login.refresh_token, "it rotates");
+    assert_eq!(
+        answers[0].refresh_token, answers[1].refresh_token,
+        "one successor for both"
+    );
+    for answer in &answers {
+        assert_eq!(answer.session_id, login.session_id);
+        let claims = api.verify(&answer.access_token).await.unwrap();
+        assert_eq!(claims.session_id, login.session_id);
+    }
+    // Later again, still within the window: the same successor, nothing more.
+    let late = api.refresh(&login.refresh_token).await.unwrap();
+    assert_eq!(late.refresh_token, answers[0].refresh_token);
+
+    // The successor rotates as usual; the session lives on.
+    let next = api.refresh(&answers[0].refresh_token).await.unwrap();
+    assert_ne!(next.refresh_token, answers[0].refresh_token);
+    api.verify(&next.access_token).await.unwrap();
+    let then = api.refresh(&next.refresh_token).await.unwrap();
+    api.verify(&then.access_token).await.unwrap();
+
+    let outcomes: Vec<String> = all_audit_events(&api)
+        .await
+        .into_iter()
+        .filter(|e| e.action == "refresh")
+        .map(|e| e.outcome)
+        .collect();
+    let count = |o: &str| outcomes.iter().filter(|x| *x == o).count();
+    assert_eq!(
+        (count("success"), count("replayed")),
+        (3, 2),
+        "{outcomes:?}"
+    );
+}
+
+/// The token rotated away last, presented after the grace window, is a reuse: the session ends.
+async fn a_replay_after_the_grace_window_ends_the_session(backend: Backend) {
+    let api = Api::start(backend, "refresh_grace = \"1s\"").await;
+    api.create_user("bob", GOOD, READER, Some(false)).await;
+    let first = api.login("bob", GOOD).await.unwrap();
+    let second = api.refresh(&first.refresh_token).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    refused(
+        api.refresh(&first.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    refused(
+        api.refresh(&second.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    api.expect_session_ended(&second.access_token).await;
+}
+
+/// Only the token rotated away last has a grace window: an older one ends the session even
+/// within it.
+async fn a_token_two_rotations_old_ends_the_session_within_the_grace_window(backend: Backend) {
+    let api = Api::start(backend, "refresh_grace = \"30s\"").await;
+    api.create_user("bob", GOOD, READER, Some(false)).await;
+    let first = api.login("bob", GOOD).await.unwrap();
+    let second = api.refresh(&first.refresh_token).await.unwrap();
+    let third = api.refresh(&second.refresh_token).await.unwrap();
+    refused(
+        api.refresh(&first.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    refused(
+        api.refresh(&third.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    refused(
+        api.refresh(&second.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    api.expect_session_ended(&third.access_token).await;
+}
+
+/// Without a grace window (the default), the second of two racing refreshes with one token is
+/// a reuse and ends the session.
+async fn racing_refreshes_without_a_grace_window_end_the_session(backend: Backend) {
+    let api = Api::start(backend, "").await;
+    api.create_user("bob", GOOD, READER, Some(false)).await;
+    let login = api.login("bob", GOOD).await.unwrap();
+    let answers = join_all((0..2).map(|_| api.refresh(&login.refresh_token))).await;
+    let (won, lost): (Vec<_>, Vec<_>) = answers.into_iter().partition(Result::is_ok);
+    assert_eq!((won.len(), lost.len()), (1, 1), "{won:?} {lost:?}");
+    let won = won.into_iter().next().unwrap().unwrap();
+    refused(
+        lost.into_iter().next().unwrap(),
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    refused(
+        api.refresh(&won.refresh_token).await,
+        Code::Unauthenticated,
+        "SESSION_ENDED",
+    );
+    api.expect_session_ended(&won.access_token).await;
+}
+
 async fn failures_look_alike_then_lock_until_unlocked(backend: Backend) {
     let api = Api::start(backend, "").await;
     let user = api.create_user("carol", GOOD, READER, Some(false)).await;
@@ -1285,6 +1397,10 @@ portcullis_tests::on_every_store!(
     a_login_racing_a_deletion_leaves_no_session,
     username_variants_are_one_account,
     refresh_token_reuse_kills_the_session,
+    refreshes_racing_within_the_grace_window_get_one_successor,
+    a_replay_after_the_grace_window_ends_the_session,
+    a_token_two_rotations_old_ends_the_session_within_the_grace_window,
+    racing_refreshes_without_a_grace_window_end_the_session,
     failures_look_alike_then_lock_until_unlocked,
     concurrent_guesses_evaluate_only_the_lockout_limit,
     first_login_must_change_the_password,

@@ -572,7 +572,15 @@ async fn a_reused_refresh_secret_revokes_the_session(backend: Backend) {
     let idle = Duration::from_secs(600);
     let RotateOutcome::Rotated(r1) = f
         .store
-        .rotate_refresh(&tenant, "sid-1", "h0", "h1", f.now_unix(), idle)
+        .rotate_refresh(
+            &tenant,
+            "sid-1",
+            "h0",
+            "h1",
+            f.now_unix(),
+            idle,
+            Duration::ZERO,
+        )
         .await
         .unwrap()
     else {
@@ -582,14 +590,30 @@ async fn a_reused_refresh_secret_revokes_the_session(backend: Backend) {
     assert!(r1.idle_expires_unix <= r1.absolute_expires_unix);
     assert!(matches!(
         f.store
-            .rotate_refresh(&tenant, "sid-1", "h1", "h2", f.now_unix(), idle)
+            .rotate_refresh(
+                &tenant,
+                "sid-1",
+                "h1",
+                "h2",
+                f.now_unix(),
+                idle,
+                Duration::ZERO
+            )
             .await
             .unwrap(),
         RotateOutcome::Rotated(_)
     ));
     assert_eq!(
         f.store
-            .rotate_refresh(&tenant, "sid-1", "never", "h9", f.now_unix(), idle)
+            .rotate_refresh(
+                &tenant,
+                "sid-1",
+                "never",
+                "h9",
+                f.now_unix(),
+                idle,
+                Duration::ZERO
+            )
             .await
             .unwrap(),
         RotateOutcome::NotFound,
@@ -607,7 +631,15 @@ async fn a_reused_refresh_secret_revokes_the_session(backend: Backend) {
     // The first secret again: stolen. The session dies.
     assert_eq!(
         f.store
-            .rotate_refresh(&tenant, "sid-1", "h0", "h3", f.now_unix(), idle)
+            .rotate_refresh(
+                &tenant,
+                "sid-1",
+                "h0",
+                "h3",
+                f.now_unix(),
+                idle,
+                Duration::ZERO
+            )
             .await
             .unwrap(),
         RotateOutcome::Reused
@@ -615,7 +647,15 @@ async fn a_reused_refresh_secret_revokes_the_session(backend: Backend) {
     assert_eq!(f.store.get_session(&tenant, "sid-1").await.unwrap(), None);
     assert_eq!(
         f.store
-            .rotate_refresh(&tenant, "sid-1", "h2", "h4", f.now_unix(), idle)
+            .rotate_refresh(
+                &tenant,
+                "sid-1",
+                "h2",
+                "h4",
+                f.now_unix(),
+                idle,
+                Duration::ZERO
+            )
             .await
             .unwrap(),
         RotateOutcome::NotFound
@@ -680,7 +720,15 @@ async fn ending_a_session_needs_one_of_its_refresh_secrets(backend: Backend) {
     // A secret already rotated away ends the session as a reuse would.
     assert!(matches!(
         f.store
-            .rotate_refresh(&tenant, "s-reused", "h0", "h1", f.now_unix(), idle)
+            .rotate_refresh(
+                &tenant,
+                "s-reused",
+                "h0",
+                "h1",
+                f.now_unix(),
+                idle,
+                Duration::ZERO
+            )
             .await
             .unwrap(),
         RotateOutcome::Rotated(_)
@@ -721,7 +769,15 @@ async fn concurrent_rotations_have_one_winner(backend: Backend) {
         let t = tenant.clone();
         async move {
             store
-                .rotate_refresh(&t, "s", "h0", &format!("new-{i}"), now, MINUTE)
+                .rotate_refresh(
+                    &t,
+                    "s",
+                    "h0",
+                    &format!("new-{i}"),
+                    now,
+                    MINUTE,
+                    Duration::ZERO,
+                )
                 .await
                 .unwrap()
         }
@@ -826,6 +882,7 @@ async fn sessions_expire_when_idle_and_at_their_absolute_end(backend: Backend) {
             "h1",
             f.now_unix(),
             Duration::from_secs(3),
+            Duration::ZERO,
         )
         .await
         .unwrap()
@@ -850,6 +907,7 @@ async fn sessions_expire_when_idle_and_at_their_absolute_end(backend: Backend) {
             "h2",
             f.now_unix(),
             Duration::from_secs(3),
+            Duration::ZERO,
         )
         .await
         .unwrap()
@@ -872,7 +930,8 @@ async fn sessions_expire_when_idle_and_at_their_absolute_end(backend: Backend) {
                 "h2",
                 "h3",
                 f.now_unix(),
-                Duration::from_secs(3)
+                Duration::from_secs(3),
+                Duration::ZERO
             )
             .await
             .unwrap(),
@@ -973,7 +1032,7 @@ async fn tenants_never_see_each_other(backend: Backend) {
     assert!(f.store.list_sessions(&b, uid).await.unwrap().is_empty());
     assert_eq!(
         f.store
-            .rotate_refresh(&b, sid, "ha", "hb", f.now_unix(), MINUTE)
+            .rotate_refresh(&b, sid, "ha", "hb", f.now_unix(), MINUTE, Duration::ZERO)
             .await
             .unwrap(),
         RotateOutcome::NotFound
@@ -1031,6 +1090,81 @@ async fn tenants_never_see_each_other(backend: Backend) {
     );
 }
 
+/// Within the grace window the hash rotated away last is a replay (nothing changes); an older
+/// hash, or the last one after the window, is a reuse.
+async fn the_last_rotated_hash_is_replayed_within_the_grace_window(backend: Backend) {
+    let f = Fixture::open(backend).await;
+    let tenant = unique("grace");
+    let idle = Duration::from_secs(600);
+    let grace = Duration::from_secs(1);
+    assert!(
+        f.create_session(&f.session(&tenant, "u", "s", "h0"))
+            .await
+            .unwrap()
+    );
+    let rotate = async |presented: &str, new: &str| {
+        f.store
+            .rotate_refresh(&tenant, "s", presented, new, f.now_unix(), idle, grace)
+            .await
+            .unwrap()
+    };
+    let RotateOutcome::Rotated(r1) = rotate("h0", "h1").await else {
+        panic!("the current hash rotates");
+    };
+    let RotateOutcome::Replayed(again) = rotate("h0", "other").await else {
+        panic!("the last rotated hash within the window is a replay");
+    };
+    assert_eq!(again, r1, "a replay changes nothing");
+    assert_eq!(rotate("never", "x").await, RotateOutcome::NotFound);
+    assert!(matches!(
+        rotate("h1", "h2").await,
+        RotateOutcome::Rotated(_)
+    ));
+    // h0 is now two rotations old: a reuse even within the window.
+    assert_eq!(rotate("h0", "h3").await, RotateOutcome::Reused);
+    assert_eq!(f.store.get_session(&tenant, "s").await.unwrap(), None);
+
+    // The last rotated hash after the window: a reuse.
+    assert!(
+        f.create_session(&f.session(&tenant, "u", "s2", "k0"))
+            .await
+            .unwrap()
+    );
+    let rotate2 = async |presented: &str, new: &str, grace: Duration| {
+        f.store
+            .rotate_refresh(&tenant, "s2", presented, new, f.now_unix(), idle, grace)
+            .await
+            .unwrap()
+    };
+    assert!(matches!(
+        rotate2("k0", "k1", grace).await,
+        RotateOutcome::Rotated(_)
+    ));
+    assert_eq!(
+        rotate2("k0", "x", Duration::ZERO).await,
+        RotateOutcome::Reused,
+        "without a window, a reuse"
+    );
+    assert!(
+        f.create_session(&f.session(&tenant, "u", "s3", "k0"))
+            .await
+            .unwrap()
+    );
+    let rotate3 = async |presented: &str, new: &str| {
+        f.store
+            .rotate_refresh(&tenant, "s3", presented, new, f.now_unix(), idle, grace)
+            .await
+            .unwrap()
+    };
+    assert!(matches!(
+        rotate3("k0", "k1").await,
+        RotateOutcome::Rotated(_)
+    ));
+    f.advance(grace + Duration::from_millis(100)).await;
+    assert_eq!(rotate3("k0", "x").await, RotateOutcome::Reused);
+    assert_eq!(f.store.get_session(&tenant, "s3").await.unwrap(), None);
+}
+
 portcullis_tests::on_every_store!(
     usernames_are_unique_under_concurrency,
     users_find_get_update_delete,
@@ -1044,4 +1178,5 @@ portcullis_tests::on_every_store!(
     sessions_expire_when_idle_and_at_their_absolute_end,
     audit_is_newest_first_paged_and_trimmed,
     tenants_never_see_each_other,
+    the_last_rotated_hash_is_replayed_within_the_grace_window,
 );

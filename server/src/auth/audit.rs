@@ -169,6 +169,7 @@ pub fn proves_nothing(event: &AuditEvent) -> bool {
     }
     if event.outcome == "success"
         || event.outcome == "reused"
+        || event.outcome == "replayed"
         || event.action == "account.lock"
         || event.action.starts_with("admin.")
     {

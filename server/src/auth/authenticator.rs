@@ -44,6 +44,9 @@ pub struct AuthSettings {
     pub session_idle: Duration,
     /// A session ends this long after the login, refreshed or not.
     pub session_lifetime: Duration,
+    /// How long the refresh token rotated away last may be presented again for the same
+    /// successor (a retry whose answer was lost) instead of counting as a reuse; zero: never.
+    pub refresh_grace: Duration,
     /// Failed logins before a lock, the counting window, and the lock's length.
     pub lockout: LockoutSettings,
     /// When true a locked account says so (`AccountLocked`); by default it looks exactly like
@@ -92,6 +95,7 @@ impl std::fmt::Debug for AuthSettings {
             .field("access_ttl", &self.access_ttl)
             .field("session_idle", &self.session_idle)
             .field("session_lifetime", &self.session_lifetime)
+            .field("refresh_grace", &self.refresh_grace)
             .field("lockout", &self.lockout)
             .field("reveal_lockout", &self.reveal_lockout)
             .field("default_policy", &self.default_policy)
@@ -172,6 +176,8 @@ pub struct Authenticator<S> {
     pub(super) admin_failures: AdminFailures,
     /// The username-hash key in force (see [`AuthSettings::subject_key`]).
     subject_key: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
+    /// The store's shared key of refresh successors (see `sessions::successor_secret`).
+    pub(super) successor_key: tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
 }
 
 /// Compare-and-set rounds a user record update makes before giving up. A round is one read and
@@ -215,6 +221,7 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
             counted_audit: AuditCounter::new(settings.audit_counting),
             admin_failures: AdminFailures::new(settings.audit_counting.window),
             subject_key: tokio::sync::OnceCell::new_with(settings.subject_key.clone()),
+            successor_key: tokio::sync::OnceCell::new(),
             settings,
         }
     }
@@ -235,24 +242,29 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         &self.hasher
     }
 
+    /// The store-wide secret `name`, fetched into `cell` on first use (a random candidate
+    /// becomes it when the store has none yet).
+    pub(super) async fn shared_key<'a>(
+        &self,
+        cell: &'a tokio::sync::OnceCell<Zeroizing<[u8; 32]>>,
+        name: &str,
+    ) -> Result<&'a Zeroizing<[u8; 32]>, AuthError> {
+        cell.get_or_try_init(|| async {
+            let mut candidate = Zeroizing::new([0u8; 32]);
+            getrandom::fill(candidate.as_mut_slice()).map_err(|_| AuthError::Internal)?;
+            let shared = self.store.shared_secret(name, &candidate).await?;
+            Ok::<_, AuthError>(Zeroizing::new(shared))
+        })
+        .await
+    }
+
     /// The lockout subject (and audit name) of a username: a keyed hash, so unknown users are
     /// counted like known ones and no username is stored in clear outside its record. Taken of
     /// the normalised name, so every spelling of an account shares its lockout count (a name
     /// stored before normalisation that does not normalise is taken as it is).
     pub async fn subject(&self, tenant: &str, username: &str) -> Result<String, AuthError> {
         let username = normalise_username(username).unwrap_or_else(|_| username.to_owned());
-        let key = self
-            .subject_key
-            .get_or_try_init(|| async {
-                let mut candidate = Zeroizing::new([0u8; 32]);
-                getrandom::fill(candidate.as_mut_slice()).map_err(|_| AuthError::Internal)?;
-                let shared = self
-                    .store
-                    .shared_secret(SUBJECT_KEY_NAME, &candidate)
-                    .await?;
-                Ok::<_, AuthError>(Zeroizing::new(shared))
-            })
-            .await?;
+        let key = self.shared_key(&self.subject_key, SUBJECT_KEY_NAME).await?;
         let mut h = Sha256::new();
         h.update(key.as_slice());
         h.update((tenant.len() as u64).to_be_bytes());

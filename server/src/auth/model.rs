@@ -145,6 +145,10 @@ pub struct LockState {
 pub enum RotateOutcome {
     /// The secret was current: the session now holds the new hash.
     Rotated(Session),
+    /// The presented secret is the one rotated away last, presented again within the grace
+    /// window (a retry whose answer was lost): the session as it is, unchanged; the caller
+    /// hands out the successor it rotated to then.
+    Replayed(Session),
     /// The presented secret was an earlier one: the session is now revoked.
     Reused,
     /// Unknown, expired or revoked session, or a secret that never belonged to it.

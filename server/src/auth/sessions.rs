@@ -1,6 +1,6 @@
 //! Sessions: opening one with its tokens, verifying access tokens against the revocation
-//! cache (fed by the store's feed), refresh-token rotation with reuse detection, logout and
-//! password changes.
+//! cache (fed by the store's feed), refresh-token rotation with reuse detection (and an optional
+//! grace window for retries), logout and password changes.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -8,7 +8,9 @@ use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use super::audit::CallContext;
@@ -25,6 +27,9 @@ use crate::periodic::{OutageMessages, run_every};
 use crate::ratelimit::store::RateLimitStore;
 use crate::telemetry::metrics::TOKEN_VERIFICATIONS;
 
+/// The name of the store-wide secret that keys refresh successors.
+const SUCCESSOR_KEY_NAME: &str = "refresh-successor";
+
 /// Clock leeway for `exp`/`nbf`: the most the tokens module honours.
 const LEEWAY: Duration = Duration::from_secs(60);
 /// The retry hint of a verification refused before the revocation feed was read: about a
@@ -35,7 +40,7 @@ const UNLOADED_RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct Tokens {
     /// The signed access token.
     pub access_token: String,
-    /// The opaque refresh token (single use).
+    /// The opaque refresh token (single use, but for the grace window of `refresh`).
     pub refresh_token: Zeroizing<String>,
     /// The access token's lifetime.
     pub expires_in: Duration,
@@ -356,27 +361,61 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
         .await;
     }
 
+    /// The refresh secret that replaces `presented`. Without a grace window, random. With one,
+    /// HMAC-SHA256 of `presented` under the store's shared `refresh-successor` key: every
+    /// replica can then hand a replayed refresh the successor it rotated to, and no secret is
+    /// stored in clear.
+    async fn successor_secret(&self, presented: &str) -> Result<Zeroizing<String>, AuthError> {
+        if self.settings.refresh_grace.is_zero() {
+            return Ok(Zeroizing::new(random_token(32)?));
+        }
+        let key = self
+            .shared_key(&self.successor_key, SUCCESSOR_KEY_NAME)
+            .await?;
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(key.as_slice()).map_err(|_| AuthError::Internal)?;
+        mac.update(presented.as_bytes());
+        let successor = Zeroizing::new(mac.finalize().into_bytes());
+        Ok(Zeroizing::new(B64URL.encode(successor.as_slice())))
+    }
+
     /// Exchanges a refresh token for new tokens; the refresh token rotates. Presenting an
-    /// earlier one again ends the whole session (it was stolen or replayed). Audited as
-    /// `refresh`.
+    /// earlier one again ends the whole session (it was stolen or replayed), except the one
+    /// rotated away last within `refresh_grace` of its rotation: that gets the same successor
+    /// again (and a fresh access token), rotating and extending nothing. Audited as `refresh`
+    /// (a replay within the window with outcome `replayed`).
     pub async fn refresh(&self, token: &str, ctx: &CallContext) -> Result<Tokens, AuthError> {
         let tenant = parse_refresh_token(token).map(|t| t.0).unwrap_or_default();
         self.audited(ctx, &tenant, "refresh", async |audit| {
             let (tenant, sid, secret) = refresh_target(token)?;
-            let new_secret = Zeroizing::new(random_token(32)?);
+            let new_secret = self.successor_secret(secret).await?;
+            let new_hash = sha256_hex(&new_secret);
             let outcome = self
                 .store
                 .rotate_refresh(
                     &tenant,
                     sid,
                     &sha256_hex(secret),
-                    &sha256_hex(&new_secret),
+                    &new_hash,
                     unix_now(),
                     self.settings.session_idle,
+                    self.settings.refresh_grace,
                 )
                 .await?;
-            let session = match outcome {
-                RotateOutcome::Rotated(session) => session,
+            let (session, replayed) = match outcome {
+                RotateOutcome::Rotated(session) => (session, false),
+                // The successor is the session's current secret only if it was derived from
+                // this one (a replica without the window rotates to a random one): otherwise
+                // this replay cannot be answered and counts as the reuse it would have been.
+                RotateOutcome::Replayed(session)
+                    if bool::from(session.refresh_hash.as_bytes().ct_eq(new_hash.as_bytes())) =>
+                {
+                    (session, true)
+                }
+                RotateOutcome::Replayed(_) => {
+                    self.store.revoke_session(&tenant, sid).await?;
+                    return Err(AuthError::RefreshTokenReused);
+                }
                 RotateOutcome::Reused => return Err(AuthError::RefreshTokenReused),
                 RotateOutcome::NotFound => return Err(AuthError::SessionEnded),
             };
@@ -386,7 +425,11 @@ impl<S: AuthStore + RateLimitStore> Authenticator<S> {
                 .get_user(&tenant, &session.user_id)
                 .await?
                 .ok_or(AuthError::SessionEnded)?;
-            self.tokens_for(&user, &session, &new_secret)
+            let tokens = self.tokens_for(&user, &session, &new_secret)?;
+            if replayed {
+                audit.outcome = Some("replayed");
+            }
+            Ok(tokens)
         })
         .await
     }

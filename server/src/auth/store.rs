@@ -133,6 +133,11 @@ pub trait AuthStore: Send + Sync + 'static {
     /// Atomically rotates the refresh secret, or detects the reuse of an earlier one (and
     /// then revokes the session and publishes the revocation). The idle expiry moves to
     /// `now + idle_timeout`, never past the absolute one. On Redis the server's clock is now.
+    ///
+    /// The hash rotated away last, presented again less than `grace` after its rotation (by
+    /// the store's clock: Redis TIME, the memory store's clock), is `Replayed` and changes
+    /// nothing; later, or with a zero `grace`, it is a reuse like any earlier hash.
+    #[allow(clippy::too_many_arguments)] // each is one fact of the step; a struct adds nothing
     fn rotate_refresh(
         &self,
         tenant: &str,
@@ -141,6 +146,7 @@ pub trait AuthStore: Send + Sync + 'static {
         new_hash: &str,
         now_unix: u64,
         idle_timeout: Duration,
+        grace: Duration,
     ) -> impl Future<Output = Result<RotateOutcome, StoreError>> + Send;
 
     /// Ends a session for a caller presenting the hash of its refresh secret, checked as

@@ -18,6 +18,10 @@ use crate::auth::{AuthSettings, LoginLimits};
 use crate::keys;
 use crate::ratelimit::policy::Limit;
 
+/// The longest refresh grace window: it is for a retry whose answer was lost, and a longer one
+/// gives a stolen, already-rotated refresh token longer to pass unnoticed.
+const MAX_REFRESH_GRACE: Duration = Duration::from_secs(300);
+
 /// The longest revocation poll: the service promises revocations reach every replica in 1 s.
 const MAX_REVOCATION_POLL: Duration = Duration::from_secs(1);
 
@@ -62,6 +66,7 @@ pub(super) struct AuthSection {
     access_token_ttl: Option<String>,
     session_idle_timeout: Option<String>,
     session_lifetime: Option<String>,
+    refresh_grace: Option<String>,
     reveal_lockout: Option<bool>,
     password_policy: Option<PasswordPolicy>,
     #[serde(default)]
@@ -200,6 +205,13 @@ impl AuthConfig {
                 "session timeouts must be positive",
             ));
         }
+        let refresh_grace = file_duration(file.refresh_grace, "refresh_grace", Duration::ZERO)?;
+        if refresh_grace > MAX_REFRESH_GRACE {
+            return Err(invalid(
+                "config file: auth.refresh_grace",
+                "must be at most 5m",
+            ));
+        }
 
         let defaults = LockoutSettings::default();
         let max_failures = file.lockout.max_failures.unwrap_or(defaults.max_failures);
@@ -303,6 +315,7 @@ impl AuthConfig {
                 access_ttl,
                 session_idle,
                 session_lifetime,
+                refresh_grace,
                 lockout: LockoutSettings {
                     max_failures,
                     window,
@@ -372,12 +385,30 @@ mod tests {
             (65_536, 3, 4)
         );
         assert_eq!(a.settings.audit_retention_days, 365);
+        assert_eq!(a.settings.refresh_grace, Duration::ZERO, "off by default");
         assert!(!a.settings.reveal_lockout);
         let admin = a.settings.admin_failure_limit;
         assert_eq!(
             (admin.rate(), admin.period()),
             (10, Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn refresh_grace_from_the_file_bounded_and_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        let p = path.to_str().unwrap();
+        let grace = |text: &str| {
+            std::fs::write(&path, format!("[auth]\nrefresh_grace = \"{text}\"\n")).unwrap();
+            load(&["--config", p], &[]).map(|c| c.auth.settings.refresh_grace)
+        };
+        assert_eq!(grace("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(grace("5m").unwrap(), MAX_REFRESH_GRACE);
+        for bad in ["5m 1s", "soon"] {
+            let e = grace(bad).unwrap_err().to_string();
+            assert!(e.contains("auth.refresh_grace"), "{bad}: {e}");
+        }
     }
 
     #[test]

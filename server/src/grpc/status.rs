@@ -19,7 +19,7 @@ impl From<RateLimitError> for Status {
                 ErrorDetails::with_bad_request_violation(field.clone(), reason.clone()),
             ),
             // Retryable: the store is down or slow; it recovers without intervention.
-            RateLimitError::StoreUnavailable(_) => Status::unavailable(e.to_string()),
+            RateLimitError::StoreUnavailable(_) => store_unavailable(e.to_string()),
             // Not retryable by the caller: a bug or corrupt data, logged where it happened.
             RateLimitError::Store(_) => Status::internal(e.to_string()),
         }
@@ -28,6 +28,23 @@ impl From<RateLimitError> for Status {
 
 /// `ErrorInfo.domain` of every Portcullis error.
 pub const ERROR_DOMAIN: &str = "portcullis";
+
+/// The `RetryInfo` delay of a store that is down or slow: long enough that every client's
+/// retry does not land on a store that is reconnecting within the same few milliseconds, short
+/// enough that a blip (a reconnect, a failover's promotion) costs a caller little. Clients
+/// back off further themselves when retries keep failing.
+pub const STORE_RETRY_AFTER: Duration = Duration::from_millis(200);
+
+/// UNAVAILABLE with `ErrorInfo` `STORE_UNAVAILABLE` and `RetryInfo` [`STORE_RETRY_AFTER`].
+fn store_unavailable(message: String) -> Status {
+    with_reason(
+        Code::Unavailable,
+        message,
+        "STORE_UNAVAILABLE",
+        HashMap::new(),
+        Some(STORE_RETRY_AFTER),
+    )
+}
 
 /// A status with an `ErrorInfo` reason and, when given, a `RetryInfo` delay.
 fn with_reason(
@@ -173,9 +190,154 @@ impl From<AuthError> for Status {
             AuthError::UsernameTaken => Status::already_exists(message),
             AuthError::NotFound => Status::not_found(message),
             // Retryable: the store is down or slow and recovers on its own.
-            AuthError::Store(store) if store.transient => Status::unavailable(message),
+            AuthError::Store(store) if store.transient => store_unavailable(message),
             // Not retryable by the caller: a bug or corrupt data, logged where it happened.
             AuthError::Store(_) | AuthError::Internal => Status::internal("internal error"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::password::{PolicyRule, PolicyViolation};
+    use crate::auth::store::StoreError;
+    use crate::auth::tokens::TokenError;
+
+    /// Whether a status carries `RetryInfo`.
+    fn retry_info(status: &Status) -> Option<Duration> {
+        status
+            .get_error_details()
+            .retry_info()
+            .and_then(|r| r.retry_delay)
+    }
+
+    fn reason(status: &Status) -> Option<String> {
+        status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+    }
+
+    /// The codes a client may retry (AccountLocked retries once its lock ends).
+    fn retryable(code: Code) -> bool {
+        matches!(code, Code::Unavailable | Code::ResourceExhausted)
+    }
+
+    #[test]
+    fn every_auth_error_carries_retry_info_iff_retryable() {
+        let second = Duration::from_secs(1);
+        let cases: Vec<(AuthError, bool)> = vec![
+            (
+                AuthError::InvalidArgument {
+                    field: "f".into(),
+                    reason: "r".into(),
+                },
+                false,
+            ),
+            (AuthError::InvalidCredentials, false),
+            (AuthError::AccountLocked { retry_after: None }, false),
+            (
+                AuthError::AccountLocked {
+                    retry_after: Some(second),
+                },
+                true,
+            ),
+            (
+                AuthError::Throttled {
+                    retry_after: second,
+                },
+                true,
+            ),
+            (
+                AuthError::Overloaded {
+                    retry_after: second,
+                },
+                true,
+            ),
+            (
+                AuthError::WeakPassword {
+                    field: "new_password",
+                    violation: PolicyViolation {
+                        rule: PolicyRule::TooShort,
+                        message: "short".into(),
+                    },
+                },
+                false,
+            ),
+            (AuthError::PasswordReused, false),
+            (AuthError::InvalidToken(TokenError::Malformed), false),
+            (AuthError::WrongRefreshSecret, false),
+            (AuthError::InsufficientScope, false),
+            (AuthError::InsufficientRole, false),
+            (
+                AuthError::RevocationsNotLoaded {
+                    retry_after: second,
+                },
+                true,
+            ),
+            (AuthError::SessionEnded, false),
+            (AuthError::RefreshTokenReused, false),
+            (AuthError::UsernameTaken, false),
+            (AuthError::NotFound, false),
+            (AuthError::Store(StoreError::transient("down")), true),
+            (AuthError::Store(StoreError::permanent("broken")), false),
+            (AuthError::Internal, false),
+        ];
+        for (error, expected) in cases {
+            let name = format!("{error:?}");
+            let status = Status::from(error);
+            assert_eq!(retry_info(&status).is_some(), expected, "{name}");
+            // A locked account is UNAUTHENTICATED yet retryable once its lock ends; every
+            // other retryable status has a retryable code.
+            if !name.starts_with("AccountLocked") {
+                assert_eq!(retryable(status.code()), expected, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_rate_limit_error_carries_retry_info_iff_retryable() {
+        let cases = [
+            (
+                RateLimitError::InvalidArgument {
+                    field: "f".into(),
+                    reason: "r".into(),
+                },
+                false,
+            ),
+            (
+                RateLimitError::StoreUnavailable(StoreError::transient("slow")),
+                true,
+            ),
+            (
+                RateLimitError::Store(StoreError::permanent("broken")),
+                false,
+            ),
+        ];
+        for (error, expected) in cases {
+            let name = format!("{error:?}");
+            let status = Status::from(error);
+            assert_eq!(retry_info(&status).is_some(), expected, "{name}");
+            assert_eq!(retryable(status.code()), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn an_unavailable_store_says_so_with_a_short_delay() {
+        for status in [
+            Status::from(AuthError::Store(StoreError::transient("down"))),
+            Status::from(RateLimitError::StoreUnavailable(StoreError::transient(
+                "down",
+            ))),
+        ] {
+            assert_eq!(status.code(), Code::Unavailable);
+            assert_eq!(retry_info(&status), Some(STORE_RETRY_AFTER));
+            assert_eq!(reason(&status).as_deref(), Some("STORE_UNAVAILABLE"));
+            assert_eq!(
+                status.get_error_details().error_info().unwrap().domain,
+                ERROR_DOMAIN
+            );
         }
     }
 }

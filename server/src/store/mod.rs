@@ -212,6 +212,7 @@ impl AuthStore for AnyStore {
         new_hash: &str,
         now_unix: u64,
         idle_timeout: Duration,
+        grace: Duration,
     ) -> Result<RotateOutcome, StoreError> {
         delegate!(
             self,
@@ -221,7 +222,8 @@ impl AuthStore for AnyStore {
                 presented_hash,
                 new_hash,
                 now_unix,
-                idle_timeout
+                idle_timeout,
+                grace
             )
         )
     }

@@ -40,8 +40,9 @@ fn scoped(tenant: &str, id: &str) -> Scoped {
 /// Users, lockouts, sessions, revocations and audit events of the memory store.
 #[derive(Debug)]
 pub(super) struct MemoryAuth {
-    /// The time sessions and audit retention are judged by (lockout and rotation take the
-    /// caller's `now`); the memory store's own clock, replaceable in tests.
+    /// The time sessions, audit retention and the refresh grace window are judged by (lockout
+    /// and rotation's expiries take the caller's `now`); the memory store's own clock,
+    /// replaceable in tests.
     clock: Arc<dyn Clock>,
     /// One lock over everything: auth calls are rare next to rate-limit checks, and one lock
     /// makes every multi-step operation (uniqueness, lockout, rotation) trivially atomic.
@@ -103,6 +104,8 @@ struct SessionEntry {
     session: Session,
     /// Refresh hashes already rotated away.
     used: HashSet<String>,
+    /// The hash rotated away last and when, ms by the store's clock (for the grace window).
+    previous: Option<(String, u64)>,
 }
 
 impl MemoryAuth {
@@ -425,6 +428,7 @@ impl AuthStore for MemoryStore {
             SessionEntry {
                 session: session.clone(),
                 used: HashSet::new(),
+                previous: None,
             },
         );
         state
@@ -457,7 +461,9 @@ impl AuthStore for MemoryStore {
         new_hash: &str,
         now_unix: u64,
         idle_timeout: Duration,
+        grace: Duration,
     ) -> Result<RotateOutcome, StoreError> {
+        let now_ms = self.auth.clock.now_us() / 1000;
         let mut state = self.auth.state.lock();
         let key = scoped(tenant, session_id);
         let Some(entry) = state.sessions.get_mut(&key) else {
@@ -469,14 +475,20 @@ impl AuthStore for MemoryStore {
         }
         if same_hash(&entry.session.refresh_hash, presented_hash) {
             let s = &mut entry.session;
-            entry
-                .used
-                .insert(std::mem::replace(&mut s.refresh_hash, new_hash.to_owned()));
+            let old = std::mem::replace(&mut s.refresh_hash, new_hash.to_owned());
+            entry.used.insert(old.clone());
+            entry.previous = Some((old, now_ms));
             s.last_used_unix = now_unix;
             s.idle_expires_unix = now_unix
                 .saturating_add(idle_timeout.as_secs())
                 .min(s.absolute_expires_unix);
             return Ok(RotateOutcome::Rotated(s.clone()));
+        }
+        let in_grace = entry.previous.as_ref().is_some_and(|(hash, at_ms)| {
+            same_hash(hash, presented_hash) && now_ms < at_ms.saturating_add(millis(grace))
+        });
+        if in_grace {
+            return Ok(RotateOutcome::Replayed(entry.session.clone()));
         }
         if entry.used.contains(presented_hash) {
             state.revoke(tenant, session_id, now_unix);

@@ -10,7 +10,7 @@
 //! | `auth:{t}:username:<sha256 hex of username>` | the user id (uniqueness index) |
 //! | `auth:{t}:fails:<subject>` | attempts counted in the lockout window (expires with it) |
 //! | `auth:{t}:lock:<subject>` | lock end in ms, or `admin` until unlocked (expires when timed) |
-//! | `auth:{t}:session:<sid>` | the session, a hash (expires when the session does) |
+//! | `auth:{t}:session:<sid>` | the session, a hash, with the hash rotated away last and when (expires when the session does) |
 //! | `auth:{t}:session-used:<sid>` | hashes of refresh secrets already rotated away (reuse detection) |
 //! | `auth:{t}:user-sessions:<user_id>` | the user's session ids (stale ids are dropped lazily) |
 //! | `audit:{t}` | the tenant's audit stream |
@@ -599,6 +599,7 @@ impl AuthStore for RedisStore {
         new_hash: &str,
         _now_unix: u64,
         idle_timeout: Duration,
+        grace: Duration,
     ) -> Result<RotateOutcome, StoreError> {
         let reply: Vec<String> = self
             .auth
@@ -608,6 +609,7 @@ impl AuthStore for RedisStore {
             .arg(presented_hash)
             .arg(new_hash)
             .arg(idle_timeout.as_secs())
+            .arg(millis(grace))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(store_error)?;
@@ -615,6 +617,9 @@ impl AuthStore for RedisStore {
             Some((tag, fields)) if tag == "1" => {
                 Ok(RotateOutcome::Rotated(session_from_fields(&pairs(fields))?))
             }
+            Some((tag, fields)) if tag == "3" => Ok(RotateOutcome::Replayed(session_from_fields(
+                &pairs(fields),
+            )?)),
             Some((tag, _)) if tag == "2" => {
                 // The script already deleted the session (atomically with the detection);
                 // the feed is on another slot, so it is told right after.
