@@ -219,9 +219,13 @@ mod tests {
             .map(|i| i.reason.clone())
     }
 
-    /// The codes a client may retry (AccountLocked retries once its lock ends).
+    /// The codes a client may retry (AccountLocked retries once its lock ends; ABORTED is a
+    /// dropped stream, resumed from its cursor).
     fn retryable(code: Code) -> bool {
-        matches!(code, Code::Unavailable | Code::ResourceExhausted)
+        matches!(
+            code,
+            Code::Unavailable | Code::ResourceExhausted | Code::Aborted
+        )
     }
 
     #[test]
@@ -276,6 +280,13 @@ mod tests {
                 },
                 true,
             ),
+            (
+                AuthError::TooManySubscribers {
+                    retry_after: second,
+                },
+                true,
+            ),
+            (AuthError::SubscriberTooSlow { missed: 3 }, true),
             (AuthError::SessionEnded, false),
             (AuthError::RefreshTokenReused, false),
             (AuthError::UsernameTaken, false),
