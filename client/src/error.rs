@@ -276,10 +276,15 @@ fn has_timeout(status: &tonic::Status) -> bool {
 /// Whether the request certainly never reached a server: tonic wraps every failure to
 /// establish a connection (TCP connect, TLS handshake, HTTP/2 handshake) in
 /// [`tonic::ConnectError`] and keeps it in the status's `source` chain; a request is only
-/// written to an established connection, so such a failure means nothing was sent. A broken
-/// connection (hyper/h2 errors) does not count: the request may have been processed.
+/// written to an established connection, so such a failure means nothing was sent. An h2
+/// `REFUSED_STREAM` (e.g. a stream past a GOAWAY) means the server did not process it
+/// (RFC 9113, 8.7). Any other broken connection does not count: it may have been processed.
 pub(crate) fn never_sent(status: &tonic::Status) -> bool {
-    chain(status).any(|e| e.is::<tonic::ConnectError>())
+    chain(status).any(|e| {
+        e.is::<tonic::ConnectError>()
+            || e.downcast_ref::<h2::Error>()
+                .is_some_and(|h2| h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+    })
 }
 
 /// The status's source chain (not the status itself).
