@@ -182,7 +182,8 @@ impl PortcullisBuilder {
         self
     }
 
-    /// A file holding the admin bearer token; re-read when it changes.
+    /// A file holding the admin bearer token; re-read when it changes (a token given with
+    /// [`admin_token`](Self::admin_token) takes precedence).
     pub fn admin_token_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.admin_token_file = Some(path.into());
         self

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use futures::{Stream, TryStreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use pb::admin_service_client::AdminServiceClient;
 use pb::auth_service_client::AuthServiceClient;
 use pb::rate_limit_service_client::RateLimitServiceClient;
@@ -273,10 +273,13 @@ impl Portcullis {
     pub fn watch_security_events(
         &self,
         cursor: &str,
-    ) -> impl Stream<Item = Result<pb::SecurityEvent, Error>> + Send + 'static {
+    ) -> impl Stream<Item = Result<pb::SecurityEvent, Error>> + Send + Unpin + 'static {
         let this = self.clone();
         let cursor = cursor.to_owned();
-        futures::stream::once(async move { this.open_watch(cursor).await }).try_flatten()
+        // Boxed so callers can poll it without pinning it themselves.
+        futures::stream::once(async move { this.open_watch(cursor).await })
+            .try_flatten()
+            .boxed()
     }
 
     async fn open_watch(

@@ -123,13 +123,13 @@ struct Watched {
 
 impl Watched {
     fn new(paths: Vec<PathBuf>) -> Watched {
-        let seen = paths.iter().map(|p| stamp(p)).collect();
+        let seen = paths.iter().map(stamp).collect();
         Watched { paths, seen }
     }
 
     /// Whether any file differs from when it was last read.
     fn changed(&self) -> Option<Vec<Option<(SystemTime, u64)>>> {
-        let now: Vec<_> = self.paths.iter().map(|p| stamp(p)).collect();
+        let now: Vec<_> = self.paths.iter().map(stamp).collect();
         (now != self.seen).then_some(now)
     }
 }

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use futures::StreamExt;
+
 use portcullis_client::testing::TestPortcullis;
 use portcullis_client::{CallKind, Code, Error, Portcullis, Reason};
 use portcullis_server::config::Config;
@@ -27,8 +29,11 @@ const EVENTUALLY: Duration = Duration::from_secs(15);
 
 /// A server run in-process on a chosen address, stopped (and waited for) on `stop`.
 struct Replica {
+    /// Where it listens (a restarted replica binds the same one).
     addr: SocketAddr,
+    /// Dropping it starts the shutdown.
     stop: tokio::sync::oneshot::Sender<()>,
+    /// Ends when the server has stopped and released its port.
     done: tokio::task::JoinHandle<()>,
 }
 
@@ -399,6 +404,13 @@ async fn test_kit_logs_in_a_created_user() {
     let login = portcullis.login("acme", "dave", GOOD).await.unwrap();
     assert!(!login.access_token.is_empty());
     assert!(!format!("{server:?}").contains(server.admin_token()));
+    // The event stream opens against the server and answers typed: an event, or a status
+    // (UNIMPLEMENTED until the server serves it), never a transport error.
+    let first = portcullis.watch_security_events("").next().await;
+    assert!(
+        matches!(first, Some(Ok(_)) | Some(Err(Error::Status { .. }))),
+        "{first:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
