@@ -1,329 +1,90 @@
-//! Typed Rust client for Portcullis: the generated gRPC clients, and a wrapper with per-call
-//! deadlines for the common calls.
+//! Typed Rust client for Portcullis: [`Portcullis`], a handle balanced over the replicas with
+//! deadlines, retries, typed errors and metrics; and the older [`PortcullisClient`] wrapper.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), portcullis_client::ClientError> {
-//! let client = portcullis_client::PortcullisClient::connect("http://127.0.0.1:50051").await?;
-//! let decision = client.check("acme", "search", "user-42", 1).await?;
+//! # async fn demo() -> Result<(), portcullis_client::Error> {
+//! use portcullis_client::{Portcullis, Reason};
+//!
+//! // Lazy: no connection is made until the first call.
+//! let portcullis = Portcullis::builder()
+//!     .dns("portcullis-headless.auth.svc.cluster.local", 50051)
+//!     .admin_token_file("/var/run/secrets/portcullis/admin-token")
+//!     .build()?;
+//!
+//! let decision = portcullis.check("acme", "search", "user-42", 1).await?;
 //! if !decision.allowed {
 //!     // answer 429 with decision.headers
 //! }
+//!
+//! match portcullis.verify_token("eyJ…", Some("acme"), &["orders:read"], &[]).await {
+//!     Ok(claims) => println!("user {}", claims.user_id),
+//!     Err(e) if e.reason() == Some(&Reason::InsufficientScope) => { /* 403 */ }
+//!     Err(e) if e.is_retryable() => { /* 503, Retry-After: e.retry_after() */ }
+//!     Err(e) => return Err(e),
+//! }
 //! # Ok(()) }
 //! ```
-
-use std::time::Duration;
+//!
+//! # Replicas
+//! [`PortcullisBuilder::endpoints`] (a static list) or [`PortcullisBuilder::dns`] (a headless
+//! Service, resolved every [`resolve_every`](PortcullisBuilder::resolve_every)) feed tonic's
+//! balanced channel (tower's power-of-two-choices). A background task probes each address
+//! with a TCP connect at every resolution and right after a call met a connect error, and
+//! keeps only the addresses that accept connections in the balancer (all of them when none
+//! does, so calls fail fast with [`Error::Unavailable`]).
+//!
+//! # Deadlines and retries
+//! Every call has a deadline by [`CallKind`] (Check/CheckMany/VerifyToken 250 ms, GetJwks 1 s,
+//! Login/ChangePassword/CreateUser 10 s, Refresh/Logout 2 s, admin calls 5 s), retries
+//! included, sent as `grpc-timeout` too. Attempts are spaced by exponential backoff with
+//! jitter (backon), never less than the server's `RetryInfo`, and limited by a retry budget
+//! (tower's `TpsBudget`) shared by the handle's clones. Idempotent calls (VerifyToken,
+//! GetJwks, admin reads) are retried on `UNAVAILABLE` (a broken connection, the store, a replica
+//! that has not loaded revocations). Every other call (Check, CheckMany: a timed-out Check may
+//! have taken units; Refresh: a second one is reuse; Login, Logout, every write) is retried
+//! only when the request was never sent: tonic wraps every failure to set up a connection in
+//! [`tonic::ConnectError`], kept in the status's `source` chain, and requests are only
+//! written to established connections. Deadlines are not retried (no time is left).
+//!
+//! # Metrics (through the `metrics` facade)
+//! - `portcullis_client_calls_total{method, outcome}`: outcome `ok`, `refused` (an error
+//!   status from the server), `unavailable`, `deadline`, `config` (and `error` for a stream
+//!   that could not be opened);
+//! - `portcullis_client_errors_total{method, reason}`: the `ErrorInfo` reason (e.g.
+//!   `INVALID_CREDENTIALS`), else the code, `TRANSPORT` or `DEADLINE`;
+//! - `portcullis_client_retries_total{method}`;
+//! - `portcullis_client_call_duration_seconds{method}` (histogram, retries included).
+//!
+//! # Features
+//! - `otel`: sends the current tracing span's OpenTelemetry context as `traceparent`
+//!   ([`Portcullis::with_traceparent`] sets one explicitly without it);
+//! - `testing`: [`testing::TestPortcullis`], an in-process server for tests.
 
 #[cfg(feature = "axum")]
 pub mod axum;
+mod builder;
+mod calls;
+mod discovery;
+mod error;
+mod handle;
 #[cfg(feature = "tower")]
 pub mod layers;
+pub mod metrics_names;
+mod retry;
+mod simple;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod trace;
 #[cfg(feature = "verify")]
 pub mod verify;
 
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
-
+pub use builder::PortcullisBuilder;
+pub use calls::Jwks;
+pub use error::{ERROR_DOMAIN, Error, FieldViolation, Reason};
+pub use handle::{CallKind, Portcullis};
 pub use portcullis_proto::{envoy, pb};
-/// TLS settings for [`PortcullisClient::connect_with_tls`] (tonic's, on the ring provider).
-pub use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-
-/// The deadline of a call unless [`PortcullisClient::with_timeout`] changes it.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What can go wrong in a call.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The URL is not a valid endpoint.
-    #[error("invalid Portcullis URL: {0}")]
-    InvalidUrl(String),
-    /// The connection could not be made.
-    #[error("cannot connect to Portcullis: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    /// The server answered with an error status.
-    #[error("Portcullis call failed: {0}")]
-    Status(#[from] tonic::Status),
-    /// No answer within the deadline.
-    #[error("Portcullis did not answer within {0:?}")]
-    Timeout(Duration),
-    /// The admin token cannot be sent as a header.
-    #[error("the admin token is not a valid header value")]
-    InvalidAdminToken,
-}
-
-/// A cheap-to-clone handle on one Portcullis deployment (clones share the HTTP/2 connection).
-#[derive(Clone)]
-pub struct PortcullisClient {
-    /// The HTTP/2 channel all service clients share.
-    channel: Channel,
-    /// Deadline of each call.
-    timeout: Duration,
-    /// `Bearer <token>` for admin calls, when given.
-    admin_authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl std::fmt::Debug for PortcullisClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PortcullisClient")
-            .field("timeout", &self.timeout)
-            .field(
-                "admin_token",
-                &self.admin_authorization.as_ref().map(|_| "<redacted>"),
-            )
-            .finish()
-    }
-}
-
-impl PortcullisClient {
-    /// Connects to `url`, e.g. `http://portcullis:50051`.
-    pub async fn connect(url: impl Into<String>) -> Result<Self, ClientError> {
-        let url = url.into();
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|_| ClientError::InvalidUrl(url))?
-            .tcp_nodelay(true)
-            .connect_timeout(DEFAULT_TIMEOUT);
-        Ok(Self::from_channel(endpoint.connect().await?))
-    }
-
-    /// Connects over TLS to `url`, e.g. `https://portcullis:50051`, trusting only the CAs of
-    /// `ca_pem` (PEM). With `client_identity` (certificate chain PEM, private key PEM) the
-    /// client presents that certificate, for a server started with `--tls-client-ca` (mTLS).
-    /// The server name checked against the certificate is the URL's host.
-    pub async fn connect_tls(
-        url: impl Into<String>,
-        ca_pem: impl AsRef<[u8]>,
-        client_identity: Option<(&[u8], &[u8])>,
-    ) -> Result<Self, ClientError> {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca_pem));
-        if let Some((cert_pem, key_pem)) = client_identity {
-            tls = tls.identity(Identity::from_pem(cert_pem, key_pem));
-        }
-        Self::connect_with_tls(url, tls).await
-    }
-
-    /// Connects over TLS to an `https://` `url` with tonic's TLS settings (CAs, client identity,
-    /// server name); see [`connect_tls`](Self::connect_tls) for the common case.
-    pub async fn connect_with_tls(
-        url: impl Into<String>,
-        tls: ClientTlsConfig,
-    ) -> Result<Self, ClientError> {
-        let url = url.into();
-        if !url.starts_with("https://") {
-            // tonic would silently speak plaintext to an http:// URL.
-            return Err(ClientError::InvalidUrl(format!(
-                "{url} (TLS needs an https:// URL)"
-            )));
-        }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|_| ClientError::InvalidUrl(url))?
-            .tcp_nodelay(true)
-            .connect_timeout(DEFAULT_TIMEOUT)
-            .tls_config(tls)?;
-        Ok(Self::from_channel(endpoint.connect().await?))
-    }
-
-    /// Wraps an existing channel (for custom TLS or load balancing).
-    pub fn from_channel(channel: Channel) -> Self {
-        Self {
-            channel,
-            timeout: DEFAULT_TIMEOUT,
-            admin_authorization: None,
-        }
-    }
-
-    /// Sets the deadline of every call made through this handle.
-    pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sets the admin bearer token used by the admin calls.
-    pub fn with_admin_token(mut self, token: &str) -> Result<Self, ClientError> {
-        let value = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::InvalidAdminToken)?;
-        self.admin_authorization = Some(value);
-        Ok(self)
-    }
-
-    /// The generated `portcullis.v1.RateLimitService` client.
-    pub fn rate_limit(&self) -> pb::rate_limit_service_client::RateLimitServiceClient<Channel> {
-        pb::rate_limit_service_client::RateLimitServiceClient::new(self.channel.clone())
-    }
-
-    /// The generated Envoy rate limit service client.
-    pub fn envoy(&self) -> envoy::rls::rate_limit_service_client::RateLimitServiceClient<Channel> {
-        envoy::rls::rate_limit_service_client::RateLimitServiceClient::new(self.channel.clone())
-    }
-
-    /// The generated `portcullis.v1.AdminService` client (add the token yourself, or use the
-    /// typed admin calls below).
-    pub fn admin(&self) -> pb::admin_service_client::AdminServiceClient<Channel> {
-        pb::admin_service_client::AdminServiceClient::new(self.channel.clone())
-    }
-
-    /// The generated `portcullis.v1.AuthService` client.
-    pub fn auth(&self) -> pb::auth_service_client::AuthServiceClient<Channel> {
-        pb::auth_service_client::AuthServiceClient::new(self.channel.clone())
-    }
-
-    /// Creates a user (admin). With `must_change_password` the first login only yields a
-    /// password-change session; without it, the first login signs in.
-    pub async fn create_user(
-        &self,
-        tenant: &str,
-        username: &str,
-        initial_password: &str,
-        roles: &[&str],
-        must_change_password: bool,
-    ) -> Result<pb::User, ClientError> {
-        let request = pb::CreateUserRequest {
-            tenant_id: tenant.to_owned(),
-            username: username.to_owned(),
-            initial_password: initial_password.to_owned(),
-            roles: roles.iter().map(|r| (*r).to_owned()).collect(),
-            must_change_password: Some(must_change_password),
-        };
-        let mut client = self.admin();
-        self.call(self.admin_request(request), |r| async move {
-            client.create_user(r).await
-        })
-        .await
-    }
-
-    /// Takes `cost` units from (tenant, resource, key); see `CheckRequest` for the defaults.
-    pub async fn check(
-        &self,
-        tenant: &str,
-        resource: &str,
-        key: &str,
-        cost: u32,
-    ) -> Result<pb::CheckResponse, ClientError> {
-        let request = pb::CheckRequest {
-            tenant_id: tenant.to_owned(),
-            resource: resource.to_owned(),
-            key: key.to_owned(),
-            cost,
-        };
-        let mut client = self.rate_limit();
-        self.call(
-            self.request(request),
-            |r| async move { client.check(r).await },
-        )
-        .await
-    }
-
-    /// Sets a runtime limit (admin).
-    pub async fn set_tenant_limit(
-        &self,
-        tenant: &str,
-        resource: &str,
-        rate: u64,
-        period: Duration,
-        burst: u64,
-    ) -> Result<pb::TenantLimit, ClientError> {
-        let request = pb::SetTenantLimitRequest {
-            tenant_id: tenant.to_owned(),
-            resource: resource.to_owned(),
-            rate,
-            period: Some(prost_types::Duration {
-                seconds: i64::try_from(period.as_secs()).unwrap_or(i64::MAX),
-                nanos: i32::try_from(period.subsec_nanos()).unwrap_or_default(),
-            }),
-            burst,
-        };
-        let mut client = self.admin();
-        self.call(self.admin_request(request), |r| async move {
-            client.set_tenant_limit(r).await
-        })
-        .await
-    }
-
-    /// The limit that applies to (tenant, resource) (admin).
-    pub async fn get_tenant_limit(
-        &self,
-        tenant: &str,
-        resource: &str,
-    ) -> Result<pb::TenantLimit, ClientError> {
-        let request = pb::GetTenantLimitRequest {
-            tenant_id: tenant.to_owned(),
-            resource: resource.to_owned(),
-        };
-        let mut client = self.admin();
-        self.call(self.admin_request(request), |r| async move {
-            client.get_tenant_limit(r).await
-        })
-        .await
-    }
-
-    /// Deletes a runtime limit (admin); false when there was none.
-    pub async fn delete_tenant_limit(
-        &self,
-        tenant: &str,
-        resource: &str,
-    ) -> Result<bool, ClientError> {
-        let request = pb::DeleteTenantLimitRequest {
-            tenant_id: tenant.to_owned(),
-            resource: resource.to_owned(),
-        };
-        let mut client = self.admin();
-        let response = self
-            .call(self.admin_request(request), |r| async move {
-                client.delete_tenant_limit(r).await
-            })
-            .await?;
-        Ok(response.deleted)
-    }
-
-    /// Forgets the counters of `resource` of `tenant` (of one `key`, or with an empty `key` of
-    /// every key); returns how many were forgotten.
-    pub async fn reset_counters(
-        &self,
-        tenant: &str,
-        resource: &str,
-        key: &str,
-    ) -> Result<u64, ClientError> {
-        let request = pb::ResetCountersRequest {
-            tenant_id: tenant.to_owned(),
-            resource: resource.to_owned(),
-            key: key.to_owned(),
-        };
-        let mut client = self.admin();
-        let response = self
-            .call(self.admin_request(request), |r| async move {
-                client.reset_counters(r).await
-            })
-            .await?;
-        Ok(response.counters_reset)
-    }
-
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = tonic::Request::new(message);
-        // Tells the server the deadline too, so it can give up in step with us.
-        request.set_timeout(self.timeout);
-        request
-    }
-
-    fn admin_request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = self.request(message);
-        if let Some(value) = &self.admin_authorization {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        request
-    }
-
-    async fn call<T, R, F>(
-        &self,
-        request: tonic::Request<T>,
-        send: impl FnOnce(tonic::Request<T>) -> F,
-    ) -> Result<R, ClientError>
-    where
-        F: Future<Output = Result<tonic::Response<R>, tonic::Status>>,
-    {
-        match tokio::time::timeout(self.timeout, send(request)).await {
-            Ok(result) => Ok(result?.into_inner()),
-            Err(_) => Err(ClientError::Timeout(self.timeout)),
-        }
-    }
-}
+pub use simple::{
+    Certificate, ClientError, ClientTlsConfig, DEFAULT_TIMEOUT, Identity, PortcullisClient,
+};
+/// The gRPC status codes of [`Error::code`].
+pub use tonic::Code;
