@@ -1,7 +1,7 @@
 //! An axum service behind Portcullis: each request's bearer token verified in-process (revoked
 //! sessions refused within a second), then limited per user and per tenant in one round trip.
 //!
-//! `PORTCULLIS=http://127.0.0.1:50051 PORTCULLIS_WATCH_TOKEN=… LISTEN=127.0.0.1:8080
+//! `PORTCULLIS=http://10.0.0.1:50051,http://10.0.0.2:50051 PORTCULLIS_WATCH_TOKEN=… LISTEN=127.0.0.1:8080
 //! cargo run -p portcullis-client --features axum --example axum_service`, then
 //! `curl -H "authorization: Bearer $TOKEN" localhost:8080/tenants/acme/hello`.
 
@@ -9,20 +9,22 @@ use std::env;
 
 use axum::Router;
 use axum::routing::get;
+use portcullis_client::Portcullis;
 use portcullis_client::layers::{
     AuthLayer, FailMode, LimitItem, LimitRequest, RateLimitLayer, RateLimiter,
 };
-use portcullis_client::verify::{Principal, Verifier};
-use tonic::transport::Endpoint;
+use portcullis_client::verify::Principal;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let portcullis = env::var("PORTCULLIS").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
-    let channel = Endpoint::from_shared(portcullis)?.connect_lazy();
-    let verifier = Verifier::builder(channel.clone())
+    // Every replica, comma-separated (or `.dns(headless service, port)` on Kubernetes).
+    let replicas = env::var("PORTCULLIS").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let portcullis = Portcullis::builder()
+        .endpoints(replicas.split(','))
         .watch_token(env::var("PORTCULLIS_WATCH_TOKEN")?)
-        .build();
-    let limiter = RateLimiter::new(channel, FailMode::Closed);
+        .build()?;
+    let verifier = portcullis.verifier().build();
+    let limiter = RateLimiter::new(portcullis, FailMode::Closed);
 
     let app = Router::new()
         .route("/tenants/{tenant}/hello", get(hello))

@@ -11,11 +11,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::routing::get;
+use portcullis_client::Portcullis;
 use portcullis_client::layers::{
     AuthLayer, FailMode, LimitItem, LimitRequest, RateLimitLayer, RateLimiter,
 };
-use portcullis_client::verify::{Principal, Verifier};
-use tonic::transport::Endpoint;
+use portcullis_client::verify::Principal;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -47,14 +47,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = if layers == "none" {
         app
     } else {
-        let portcullis = env::var("PORTCULLIS")?;
-        let channel = Endpoint::from_shared(portcullis)?.connect_lazy();
-        let verifier = Verifier::builder(channel.clone())
+        let portcullis = Portcullis::builder()
+            .endpoints([env::var("PORTCULLIS")?])
             .watch_token(env::var("PORTCULLIS_WATCH_TOKEN")?)
-            .build();
+            .build()?;
+        let verifier = portcullis.verifier().build();
         let app = if layers == "both" {
             app.layer(RateLimitLayer::new(
-                RateLimiter::new(channel, FailMode::Closed),
+                RateLimiter::new(portcullis, FailMode::Closed),
                 |request| {
                     let user = request.extensions.get::<Principal>()?;
                     Some(LimitRequest {

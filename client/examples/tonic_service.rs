@@ -2,25 +2,28 @@
 //! the standard health service), answering refusals with gRPC statuses (`UNAUTHENTICATED`,
 //! `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED` with `RetryInfo`).
 //!
-//! `PORTCULLIS=http://127.0.0.1:50051 PORTCULLIS_WATCH_TOKEN=… LISTEN=127.0.0.1:8081
+//! `PORTCULLIS=http://10.0.0.1:50051,http://10.0.0.2:50051 PORTCULLIS_WATCH_TOKEN=… LISTEN=127.0.0.1:8081
 //! cargo run -p portcullis-client --features tower --example tonic_service`
 
 use std::env;
 
+use portcullis_client::Portcullis;
 use portcullis_client::layers::{
     AuthLayer, FailMode, LimitItem, LimitRequest, RateLimitLayer, RateLimiter,
 };
-use portcullis_client::verify::{Principal, Verifier};
-use tonic::transport::{Endpoint, Server};
+use portcullis_client::verify::Principal;
+use tonic::transport::Server;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let portcullis = env::var("PORTCULLIS").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
-    let channel = Endpoint::from_shared(portcullis)?.connect_lazy();
-    let verifier = Verifier::builder(channel.clone())
+    // Every replica, comma-separated (or `.dns(headless service, port)` on Kubernetes).
+    let replicas = env::var("PORTCULLIS").unwrap_or_else(|_| "http://127.0.0.1:50051".into());
+    let portcullis = Portcullis::builder()
+        .endpoints(replicas.split(','))
         .watch_token(env::var("PORTCULLIS_WATCH_TOKEN")?)
-        .build();
-    let limiter = RateLimiter::new(channel, FailMode::Open);
+        .build()?;
+    let verifier = portcullis.verifier().build();
+    let limiter = RateLimiter::new(portcullis, FailMode::Open);
     let (_, health) = tonic_health::server::health_reporter();
 
     let layers = tower::ServiceBuilder::new()

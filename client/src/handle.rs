@@ -182,6 +182,16 @@ impl Portcullis {
         self.inner.channel.clone()
     }
 
+    /// The watch token given to the builder, for a verifier built from this handle.
+    #[cfg(feature = "verify")]
+    pub(crate) fn watch_token(&self) -> Option<&str> {
+        self.inner
+            .watch_token
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    }
+
     /// A clone whose calls send this W3C `traceparent` (`00-<trace id>-<span id>-<flags>`)
     /// instead of the current span's.
     pub fn with_traceparent(&self, traceparent: &str) -> Result<Portcullis, Error> {

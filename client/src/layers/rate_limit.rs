@@ -12,12 +12,12 @@ use dashmap::DashMap;
 use futures::future::BoxFuture;
 use http::{HeaderName, HeaderValue, StatusCode};
 use portcullis_proto::pb;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 use tower::{Layer, Service};
 
 use super::{is_grpc, refusal};
+use crate::Portcullis;
 
 /// What to do with a request when Portcullis cannot decide it (unreachable, too slow, or an
 /// error). There is no default: protection and availability pull opposite ways, and the
@@ -79,14 +79,13 @@ type DeniedKey = (String, String, String);
 /// Decides requests through Portcullis; cheap to clone (clones share the cache).
 #[derive(Clone)]
 pub struct RateLimiter {
-    /// The channel to Portcullis.
-    channel: Channel,
+    /// The handle decisions go through: balanced over the replicas, retried when never sent,
+    /// under its `CallKind::RateLimit` deadline (250 ms unless the builder says otherwise).
+    portcullis: Portcullis,
     /// See [`FailMode`].
     fail_mode: FailMode,
     /// Decide and record, but never refuse.
     report_only: bool,
-    /// Deadline of a decision.
-    timeout: Duration,
     /// Denied keys → (until when, the least cost denied). A denial says the cost does not
     /// fit before `retry_after`; others' traffic only pushes that later, so answering from
     /// here until then denies nothing the server would admit (unless its limit is raised
@@ -99,20 +98,19 @@ impl std::fmt::Debug for RateLimiter {
         f.debug_struct("RateLimiter")
             .field("fail_mode", &self.fail_mode)
             .field("report_only", &self.report_only)
-            .field("timeout", &self.timeout)
             .field("denied", &self.denied.len())
             .finish()
     }
 }
 
 impl RateLimiter {
-    /// Decides through `channel`, with `fail_mode` when Portcullis cannot decide.
-    pub fn new(channel: Channel, fail_mode: FailMode) -> Self {
+    /// Decides through `portcullis`, with `fail_mode` when Portcullis cannot decide (past the
+    /// handle's rate-limit deadline, or on an error).
+    pub fn new(portcullis: Portcullis, fail_mode: FailMode) -> Self {
         Self {
-            channel,
+            portcullis,
             fail_mode,
             report_only: false,
-            timeout: Duration::from_millis(250),
             denied: Arc::new(DashMap::new()),
         }
     }
@@ -123,21 +121,14 @@ impl RateLimiter {
         self
     }
 
-    /// Deadline of a decision (default 250 ms); past it the fail mode decides.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// Decides `request`.
     pub async fn decide(&self, request: &LimitRequest) -> Decision {
         if let Some(cached) = self.cached_denial(request) {
             return self.outcome(cached, "denied_cached");
         }
         let sent_at = Instant::now();
-        let answer = tokio::time::timeout(self.timeout, self.ask(request)).await;
-        match answer {
-            Ok(Ok((decision, denied_items))) => {
+        match self.ask(request).await {
+            Ok((decision, denied_items)) => {
                 for (item, retry_after) in denied_items {
                     self.remember(request, item, sent_at + retry_after);
                 }
@@ -148,11 +139,10 @@ impl RateLimiter {
                 };
                 self.outcome(decision, outcome)
             }
-            Ok(Err(status)) => {
-                tracing::debug!(code = ?status.code(), message = status.message(), "rate limit decision failed; fail mode decides");
+            Err(error) => {
+                tracing::debug!(%error, "rate limit decision failed; fail mode decides");
                 self.failed()
             }
-            Err(_) => self.failed(),
         }
     }
 
@@ -161,35 +151,21 @@ impl RateLimiter {
     async fn ask(
         &self,
         request: &LimitRequest,
-    ) -> Result<(Decision, Vec<(usize, Duration)>), Status> {
-        let mut client =
-            pb::rate_limit_service_client::RateLimitServiceClient::new(self.channel.clone());
+    ) -> Result<(Decision, Vec<(usize, Duration)>), crate::Error> {
         let (allowed, results, headers, retry_after) = if let [item] = &request.items[..] {
-            let mut call = tonic::Request::new(pb::CheckRequest {
-                tenant_id: request.tenant.clone(),
-                resource: item.resource.clone(),
-                key: item.key.clone(),
-                cost: item.cost,
-            });
-            call.set_timeout(self.timeout);
-            let r = client.check(call).await?.into_inner();
+            let r = self
+                .portcullis
+                .check(&request.tenant, &item.resource, &item.key, item.cost)
+                .await?;
             let retry_after = r.retry_after;
             (r.allowed, vec![r.clone()], r.headers, retry_after)
         } else {
-            let mut call = tonic::Request::new(pb::CheckManyRequest {
-                tenant_id: request.tenant.clone(),
-                items: request
-                    .items
-                    .iter()
-                    .map(|i| pb::CheckItem {
-                        resource: i.resource.clone(),
-                        key: i.key.clone(),
-                        cost: i.cost,
-                    })
-                    .collect(),
+            let items = request.items.iter().map(|i| pb::CheckItem {
+                resource: i.resource.clone(),
+                key: i.key.clone(),
+                cost: i.cost,
             });
-            call.set_timeout(self.timeout);
-            let r = client.check_many(call).await?.into_inner();
+            let r = self.portcullis.check_many(&request.tenant, items).await?;
             (r.allowed, r.results, r.headers, r.retry_after)
         };
         let denied_items = if allowed {

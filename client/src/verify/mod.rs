@@ -297,6 +297,18 @@ impl VerifierBuilder {
     }
 }
 
+impl crate::Portcullis {
+    /// A verifier over this handle's balanced channel (its stream and fallback calls spread
+    /// over the live replicas) with the handle's watch token.
+    pub fn verifier(&self) -> VerifierBuilder {
+        let builder = Verifier::builder(self.channel());
+        match self.watch_token() {
+            Some(token) => builder.watch_token(token),
+            None => builder,
+        }
+    }
+}
+
 /// The kid the server derives for an environment HS256 secret.
 fn derive_kid(secret: &[u8]) -> String {
     use sha2::{Digest, Sha256};

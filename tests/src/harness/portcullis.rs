@@ -61,12 +61,25 @@ impl PortcullisProcess {
     /// its log. Waits (up to 30 s) until the port accepts TCP connections; panics with the log
     /// tail if the process exits first.
     pub fn spawn(args: &[&str], envs: &[(&str, &str)]) -> PortcullisProcess {
+        Self::spawn_listening(None, args, envs)
+    }
+
+    /// [`spawn`](Self::spawn) on `addr`, e.g. to bring back a replica its clients know.
+    pub fn spawn_at(addr: SocketAddr, args: &[&str], envs: &[(&str, &str)]) -> PortcullisProcess {
+        Self::spawn_listening(Some(addr), args, envs)
+    }
+
+    fn spawn_listening(
+        at: Option<SocketAddr>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> PortcullisProcess {
         let binary = portcullis_binary();
         let mut attempt = 1;
         loop {
             let dir = new_temp_dir("portcullis");
             let log_path = dir.path().join(PORTCULLIS_LOG);
-            let addr = SocketAddr::from((LOOPBACK, free_port()));
+            let addr = at.unwrap_or_else(|| SocketAddr::from((LOOPBACK, free_port())));
             let mut cmd = Command::new(binary);
             cmd.arg("--listen").arg(addr.to_string());
             // Processes run side by side: each gets its own admin port, not the default 9090.
@@ -106,7 +119,7 @@ impl PortcullisProcess {
             };
             child.kill();
             let log = read_log(&log_path);
-            if is_port_conflict(&log) && attempt < START_ATTEMPTS {
+            if at.is_none() && is_port_conflict(&log) && attempt < START_ATTEMPTS {
                 attempt += 1;
                 continue;
             }
