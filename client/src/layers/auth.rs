@@ -115,18 +115,22 @@ where
         Box::pin(async move {
             let grpc = is_grpc(&request);
             let (mut parts, body) = request.into_parts();
-            let Some(token) = bearer(&parts.headers) else {
-                return Ok(refused(grpc, Refusal::Missing, &layer));
+            // The token is borrowed from the headers for the verification, not copied.
+            let verified = {
+                let Some(token) = bearer(&parts.headers) else {
+                    return Ok(refused(grpc, Refusal::Missing, &layer));
+                };
+                let tenant = layer.tenant_of.as_ref().and_then(|f| f(&parts));
+                let scopes: Vec<&str> = layer.scopes.iter().map(String::as_str).collect();
+                let roles: Vec<&str> = layer.roles.iter().map(String::as_str).collect();
+                let demands = Demands {
+                    tenant: tenant.as_deref(),
+                    scopes: &scopes,
+                    roles: &roles,
+                };
+                layer.verifier.verify(token, &demands).await
             };
-            let tenant = layer.tenant_of.as_ref().and_then(|f| f(&parts));
-            let scopes: Vec<&str> = layer.scopes.iter().map(String::as_str).collect();
-            let roles: Vec<&str> = layer.roles.iter().map(String::as_str).collect();
-            let demands = Demands {
-                tenant: tenant.as_deref(),
-                scopes: &scopes,
-                roles: &roles,
-            };
-            match layer.verifier.verify(&token, &demands).await {
+            match verified {
                 Ok(principal) => {
                     parts.extensions.insert(principal);
                     inner.call(http::Request::from_parts(parts, body)).await
@@ -138,11 +142,11 @@ where
 }
 
 /// The token of `Authorization: Bearer <token>` (the scheme is case-insensitive).
-fn bearer(headers: &http::HeaderMap) -> Option<String> {
+fn bearer(headers: &http::HeaderMap) -> Option<&str> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then(|| token.to_owned())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
 enum Refusal {
@@ -206,7 +210,7 @@ mod tests {
         let with = |v: &str| {
             let mut h = http::HeaderMap::new();
             h.insert(http::header::AUTHORIZATION, v.parse().unwrap());
-            bearer(&h)
+            bearer(&h).map(str::to_owned)
         };
         assert_eq!(with("Bearer abc.def.ghi").as_deref(), Some("abc.def.ghi"));
         assert_eq!(with("bearer abc").as_deref(), Some("abc"));
