@@ -19,6 +19,7 @@ pub mod token_demands;
 pub mod tokens;
 pub mod username;
 pub mod users;
+pub mod watch;
 
 pub use self::authenticator::{AuthSettings, Authenticator, LoginLimits, NewUser};
 pub use self::error::AuthError;

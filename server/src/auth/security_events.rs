@@ -10,11 +10,8 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio::sync::broadcast;
 
-use super::authenticator::Authenticator;
 use super::error::AuthError;
-use super::store::AuthStore;
 use super::tokens::KeyRing;
-use crate::ratelimit::store::RateLimitStore;
 
 /// How long a verifier may use a fetched key set before fetching it again. A key removed from
 /// the key set (its tokens no longer valid) may be accepted by such a verifier this long; one
@@ -106,9 +103,9 @@ pub(super) struct SecurityFeed {
     /// repeat a poll: polls publish, and subscriptions start, under this lock.
     state: parking_lot::Mutex<FeedState>,
     /// Subscribers now served.
-    subscribers: Arc<AtomicUsize>,
+    pub(super) subscribers: Arc<AtomicUsize>,
     /// True once the replica is shutting down: every stream ends.
-    closing: tokio::sync::watch::Sender<bool>,
+    pub(super) closing: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -204,7 +201,7 @@ impl SecurityFeed {
     /// Starts a subscription: the key set, then the revocations after `cursor` when the recent
     /// ones reach back to it, else a snapshot of every revocation in `revoked`; then live
     /// events. `None` before the first poll (nothing to say yet).
-    fn subscribe(
+    pub(super) fn subscribe(
         &self,
         cursor: Option<&str>,
         revoked: &DashMap<String, (String, u64)>,
@@ -374,42 +371,6 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return Ok(None),
             }
         }
-    }
-}
-
-impl<S: AuthStore + RateLimitStore> Authenticator<S> {
-    /// The key set in force, as published.
-    pub fn published_keys(&self) -> PublishedKeys {
-        PublishedKeys {
-            jwks_json: self.keys().current().jwks_json(),
-            issuer: self.settings.issuer.clone(),
-            audience: self.settings.audience.clone(),
-            max_age: JWKS_MAX_AGE,
-        }
-    }
-
-    /// Subscribes to this replica's security events, resuming after `cursor` when it can.
-    /// Refused until the revocation feed has been read (the snapshot would be incomplete), and
-    /// past [`MAX_SUBSCRIBERS`].
-    pub fn watch_security_events(&self, cursor: Option<&str>) -> Result<Subscription, AuthError> {
-        if !self.revocations_loaded() {
-            return Err(AuthError::RevocationsNotLoaded {
-                retry_after: HEARTBEAT_INTERVAL,
-            });
-        }
-        self.revocations
-            .feed
-            .subscribe(cursor, &self.revocations.revoked)
-    }
-
-    /// Ends every security-event stream (the replica is shutting down).
-    pub fn close_security_events(&self) {
-        self.revocations.feed.closing.send_replace(true);
-    }
-
-    /// Subscribers this replica serves now.
-    pub fn security_event_subscribers(&self) -> usize {
-        self.revocations.feed.subscribers.load(Ordering::Acquire)
     }
 }
 
