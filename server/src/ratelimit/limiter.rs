@@ -310,7 +310,7 @@ impl<S: RateLimitStore> Limiter<S> {
     pub async fn refresh_policies(&self) -> Result<bool, RateLimitError> {
         let mut version = self.overrides_version.lock().await;
         let loaded = self
-            .with_timeout(self.store.load_overrides(*version))
+            .with_timeout(self.store.load_overrides(*version), false)
             .await?;
         let Some(snapshot) = loaded else {
             return Ok(false);
@@ -377,7 +377,8 @@ impl<S: RateLimitStore> Limiter<S> {
             resource: (!resource.is_empty()).then(|| resource.to_owned()),
             limit,
         };
-        self.with_timeout(self.store.set_override(&policy)).await?;
+        self.with_timeout(self.store.set_override(&policy), false)
+            .await?;
         self.refresh_policies().await?;
         Ok(AppliedPolicy {
             limit,
@@ -394,7 +395,7 @@ impl<S: RateLimitStore> Limiter<S> {
         validate_target(tenant, resource)?;
         let resource = (!resource.is_empty()).then_some(resource);
         let deleted = self
-            .with_timeout(self.store.delete_override(tenant, resource))
+            .with_timeout(self.store.delete_override(tenant, resource), false)
             .await?;
         self.refresh_policies().await?;
         Ok(deleted)
@@ -574,12 +575,16 @@ impl<S: RateLimitStore> Limiter<S> {
         &self,
         batch: &[LimitRequest],
     ) -> Result<BatchOutcome, RateLimitError> {
-        self.with_timeout(self.store.decide(batch)).await
+        self.with_timeout(self.store.decide(batch), true).await
     }
 
+    /// Runs a store call within the timeout; a failure opens (or continues) an incident, and
+    /// only a decision (`ends_incident`) ends one: a store refusing writes (`OOM`) still answers
+    /// the override reads, which must not log a recovery in the middle of the incident.
     async fn with_timeout<T>(
         &self,
         call: impl Future<Output = Result<T, StoreError>>,
+        ends_incident: bool,
     ) -> Result<T, RateLimitError> {
         let result = match tokio::time::timeout(self.settings.store_timeout, call).await {
             Ok(r) => r,
@@ -591,7 +596,9 @@ impl<S: RateLimitStore> Limiter<S> {
         };
         match result {
             Ok(v) => {
-                self.incident.success();
+                if ends_incident {
+                    self.incident.success();
+                }
                 Ok(v)
             }
             Err(e) if e.transient => {
