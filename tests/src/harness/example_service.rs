@@ -1,16 +1,15 @@
 //! The client crate's example services as real processes: built once per test process with the
 //! test binary's profile, started on a free port against a given Portcullis.
 
-use std::env;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::portcullis::build_layout;
+use super::portcullis::cargo_build;
 use super::process::{
     LOOPBACK, ManagedChild, PROBE_TIMEOUT, Readiness, cannot_start, free_port, log_output_to,
     new_temp_dir, read_log, tail, wait_ready,
@@ -76,25 +75,14 @@ pub fn example_binary(name: &str, features: &str) -> PathBuf {
     if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
         return path.clone();
     }
-    let exe = env::current_exe().expect("the running test binary's path");
-    let layout = build_layout(&exe).expect("tests run from <target>/<profile>/deps");
-    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "-p", CLIENT_PACKAGE, "--example", name])
-        .args(["--features", features])
-        .args(["--profile", &layout.profile])
-        .arg("--target-dir")
-        .arg(&layout.target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdin(Stdio::null());
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| cannot_start("cargo", &format!("{cmd:?}"), &e));
-    assert!(
-        output.status.success(),
-        "building example {name} failed: {cmd:?}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let layout = cargo_build(&[
+        "-p",
+        CLIENT_PACKAGE,
+        "--example",
+        name,
+        "--features",
+        features,
+    ]);
     let path = layout
         .binary
         .parent()

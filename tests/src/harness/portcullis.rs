@@ -191,6 +191,19 @@ pub fn portcullis_binary() -> &'static Path {
 }
 
 fn build_portcullis() -> PathBuf {
+    let layout = cargo_build(&["-p", PORTCULLIS_PACKAGE, "--bin", PORTCULLIS_BIN]);
+    assert!(
+        layout.binary.is_file(),
+        "the build succeeded but {} does not exist; is the binary still called `{PORTCULLIS_BIN}` in package `{PORTCULLIS_PACKAGE}`?",
+        layout.binary.display()
+    );
+    layout.binary
+}
+
+/// Runs `cargo build <what>` with the running test binary's profile and target dir (so the
+/// build reuses what `cargo test` built), panicking with cargo's output if it fails; returns
+/// that layout.
+pub(super) fn cargo_build(what: &[&str]) -> BuildLayout {
     let exe = env::current_exe().expect("cannot find the path of the running test binary");
     let layout = build_layout(&exe).unwrap_or_else(|| {
         panic!(
@@ -200,7 +213,8 @@ fn build_portcullis() -> PathBuf {
     });
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "-p", PORTCULLIS_PACKAGE, "--bin", PORTCULLIS_BIN])
+    cmd.arg("build")
+        .args(what)
         .args(["--profile", &layout.profile])
         .arg("--target-dir")
         .arg(&layout.target_dir)
@@ -211,16 +225,11 @@ fn build_portcullis() -> PathBuf {
         .unwrap_or_else(|e| cannot_start("cargo", &format!("{cmd:?}"), &e));
     assert!(
         output.status.success(),
-        "building the portcullis binary failed ({})\ncommand: {cmd:?}\n{}",
+        "building failed ({})\ncommand: {cmd:?}\n{}",
         output.status,
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        layout.binary.is_file(),
-        "{cmd:?} succeeded but {} does not exist; is the binary still called `{PORTCULLIS_BIN}` in package `{PORTCULLIS_PACKAGE}`?",
-        layout.binary.display()
-    );
-    layout.binary
+    layout
 }
 
 #[cfg(test)]
